@@ -1,0 +1,55 @@
+"""``python -m amlight <subcommand>``: Lightning's fit/validate/test/predict plus amlight's own commands.
+
+Lightning subcommands go to :class:`AmlightCLI` (LightningCLI: YAML configs, dotted overrides,
+omegaconf interpolation, the resolved config saved next to the checkpoints). The project's own
+subcommands are small argparse programs, each a module in ``amlight.commands`` with ``main(argv)``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+LIGHTNING_COMMANDS = {
+    "fit": "train a stage from a YAML config (--config configs/quickstart/stage1.yaml)",
+    "validate": "run validation of a stage on a config and checkpoint",
+    "test": "run the test loop of a stage",
+    "predict": "run the predict loop of a stage",
+}
+OWN_COMMANDS = {
+    "synth": ("amlight.commands.synth", "render the synthetic driving scenes (the offline default data)"),
+    "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, [*LIGHTNING_COMMANDS, *OWN_COMMANDS]))
+    lines = ["usage: python -m amlight <subcommand> [options]", "", "training (LightningCLI; `<subcommand> --help` for options):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += ["", "amlight commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in OWN_COMMANDS.items()]
+    lines += ["", "example: python -m amlight fit --config configs/quickstart/stage1.yaml --trainer.max_steps 50"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command = argv[0]
+    if command in OWN_COMMANDS:
+        module = importlib.import_module(OWN_COMMANDS[command][0])
+        return int(module.main(argv[1:]) or 0)
+    if command in LIGHTNING_COMMANDS:
+        # LightningCLI reads sys.argv itself; giving it args too makes it warn about ambiguity.
+        run_lightning(None if from_command_line else argv)
+        return 0
+    print(f"amlight: unknown subcommand {command!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+def run_lightning(argv: list[str] | None):
+    from amlight.lightning_cli import AmlightCLI
+
+    return AmlightCLI(args=argv)

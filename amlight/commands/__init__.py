@@ -1,0 +1,1 @@
+"""The project's own subcommands (synth, data, ...), each a module with main(argv)."""

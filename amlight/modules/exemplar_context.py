@@ -1,0 +1,93 @@
+"""The state one UNet call needs about the exemplar, in one object.
+
+The appearance branch runs the UNet with a context in ``write`` mode: every self-attention layer
+stores its normalised input tokens (what attention projects to keys and values) in ``features``,
+the bank. The generation branch runs with a context in ``read`` mode over that bank.
+
+The context reaches the attention processors through the UNet's documented ``cross_attention_kwargs``
+argument, not through attributes set on the processors: it travels with the call, so gradient
+checkpointing (which re-runs blocks during backward, after the call returned) sees the same state.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups, check_mode
+from amlight.modules.categorical_cost import categorical_cost
+
+CONTEXT_KWARG = "exemplar_ctx"
+
+
+@dataclass
+class ExemplarContext:
+    mode: Literal["write", "read"]
+    latent_size: tuple[int, int]
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention: str = "augmented"
+    groups: frozenset[str] = frozenset(BLOCK_GROUPS)
+    target_labels: torch.Tensor | None = None  # (B, H, W) at image resolution
+    exemplar_labels: torch.Tensor | None = None  # (Bx, H, W)
+    # Which bank row each target row reads (one exemplar serving many targets); None: row b reads row b.
+    exemplar_index: torch.Tensor | None = None
+    # Rows that read the exemplar at all; False rows get plain self-attention (CFG's unconditional
+    # half, exemplar dropout in training). None: every row reads.
+    exemplar_keep: torch.Tensor | None = None
+    ignore_index: int = 255
+    adapter: Callable | None = None  # adapter(group, logits, cost, size) -> logit refinement
+    recorder: Callable | None = None  # recorder(layer, probs_cross, size, ctx) for attention maps
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        check_mode(self.attention)
+        self.groups = check_groups(self.groups)
+        if self.mode == "read" and self.attention in ("hard_mask", "adapter"):
+            if self.target_labels is None or self.exemplar_labels is None:
+                raise ValueError(f"attention mode {self.attention!r} needs target and exemplar label maps")
+
+    def size_of(self, num_tokens: int) -> tuple[int, int]:
+        """Spatial size of a layer from its token count and the latent's aspect ratio."""
+        H, W = self.latent_size
+        factor = math.sqrt(H * W / num_tokens)
+        h, w = round(H / factor), round(W / factor)
+        if h * w != num_tokens:
+            raise ValueError(f"cannot place {num_tokens} tokens on a grid of aspect {H}x{W}")
+        return h, w
+
+    def reads(self, layer: str, group: str) -> bool:
+        return self.mode == "read" and group in self.groups and layer in self.features
+
+    def bank_for(self, layer: str) -> torch.Tensor:
+        bank = self.features[layer]
+        return bank if self.exemplar_index is None else bank[self.exemplar_index]
+
+    def _exemplar_labels_per_target(self) -> torch.Tensor:
+        labels = self.exemplar_labels
+        return labels if self.exemplar_index is None else labels[self.exemplar_index]
+
+    def cost(self, size: tuple[int, int]) -> torch.Tensor:
+        """Categorical cost at a layer's size, (B, h*w, h*w) bool; computed once per size and call."""
+        key = ("cost", size)
+        if key not in self._cache:
+            self._cache[key] = categorical_cost(
+                self.target_labels, self._exemplar_labels_per_target(), size, self.ignore_index
+            )
+        return self._cache[key]
+
+    def cross_mask(self, size: tuple[int, int], batch: int, device: torch.device) -> torch.Tensor | None:
+        """Which exemplar positions each target position may attend to, (B, Nq, Nx) bool, or None for all."""
+        key = ("mask", size)
+        if key in self._cache:
+            return self._cache[key]
+        mask = None
+        if self.attention == "hard_mask":
+            mask = self.cost(size)
+        if self.exemplar_keep is not None:
+            keep = self.exemplar_keep.to(device=device, dtype=torch.bool).view(batch, 1, 1)
+            n = size[0] * size[1]
+            mask = keep.expand(batch, n, n) if mask is None else (mask & keep)
+        self._cache[key] = mask
+        return mask

@@ -1,0 +1,106 @@
+"""The UNet with structure guidance and an exemplar bank: both branches of the method in one module.
+
+- :meth:`ExemplarUNet.write_bank`: the appearance branch (the UNet on the exemplar latent, guided by
+  the exemplar's labels) fills a bank of self-attention tokens.
+- :meth:`ExemplarUNet.forward`: the generation branch (guided by the target's labels) reads it.
+Both use the same stock diffusers UNet; behaviour changes through its attention processors, its
+``cross_attention_kwargs`` argument and a forward hook on ``conv_in`` (structure guidance).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+from diffusers import UNet2DConditionModel
+
+from amlight.modules.attention_modes import BLOCK_GROUPS, check_mode
+from amlight.modules.exemplar_attention import ExemplarAttnProcessor
+from amlight.modules.exemplar_context import CONTEXT_KWARG, ExemplarContext
+from amlight.modules.structure_guidance import StructureGuidance
+
+Bank = dict[str, torch.Tensor]
+
+
+class ExemplarUNet(nn.Module):
+    def __init__(self, unet: UNet2DConditionModel, guidance: StructureGuidance, ignore_index: int = 255):
+        super().__init__()
+        self.unet = unet
+        self.guidance = guidance
+        self.ignore_index = ignore_index
+        unet.set_attn_processor({name: ExemplarAttnProcessor(name) for name in unet.attn_processors})
+        self._control: torch.Tensor | None = None
+        unet.conv_in.register_forward_hook(self._add_control)
+
+    @property
+    def self_attention_layers(self) -> list[str]:
+        return [p.name for p in self.unet.attn_processors.values() if p.is_self_attention]
+
+    def _add_control(self, module, args, output):
+        if self._control is None:
+            return output
+        return self.guidance.inject(self._control, output)
+
+    def _run(self, latents, timesteps, labels, prompt_embeds, ctx: ExemplarContext | None) -> torch.Tensor:
+        timesteps = _as_batch(timesteps, latents)
+        self._control = self.guidance(labels, timesteps)
+        try:
+            return self.unet(
+                latents,
+                timesteps,
+                encoder_hidden_states=prompt_embeds,
+                cross_attention_kwargs=None if ctx is None else {CONTEXT_KWARG: ctx},
+            ).sample
+        finally:
+            self._control = None
+
+    def write_bank(self, latents, timesteps, labels, prompt_embeds) -> Bank:
+        """The appearance branch: run on the (noised) exemplar latent, return its bank."""
+        ctx = ExemplarContext(mode="write", latent_size=tuple(latents.shape[-2:]))
+        self._run(latents, timesteps, labels, prompt_embeds, ctx)
+        return ctx.features
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        labels: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        bank: Bank | None = None,
+        exemplar_labels: torch.Tensor | None = None,
+        attention: str = "augmented",
+        groups: Iterable[str] = BLOCK_GROUPS,
+        exemplar_keep: torch.Tensor | None = None,
+        exemplar_index: torch.Tensor | None = None,
+        adapter: Callable | None = None,
+        recorder: Callable | None = None,
+    ) -> torch.Tensor:
+        """The generation branch: predicted noise for ``latents`` drawn as ``labels``.
+
+        ``attention="structure_only"`` or no bank: plain self-attention, the exemplar is not used.
+        """
+        check_mode(attention)
+        ctx = None
+        if attention != "structure_only" and bank is not None:
+            ctx = ExemplarContext(
+                mode="read",
+                latent_size=tuple(latents.shape[-2:]),
+                features=bank,
+                attention=attention,
+                groups=frozenset(groups),
+                target_labels=labels,
+                exemplar_labels=exemplar_labels,
+                exemplar_index=exemplar_index,
+                exemplar_keep=exemplar_keep,
+                ignore_index=self.ignore_index,
+                adapter=adapter,
+                recorder=recorder,
+            )
+        return self._run(latents, timesteps, labels, prompt_embeds, ctx)
+
+
+def _as_batch(timesteps, latents: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(timesteps, device=latents.device)
+    if t.ndim == 0:
+        t = t.expand(latents.shape[0])
+    return t

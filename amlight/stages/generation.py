@@ -1,0 +1,173 @@
+"""Stage 1: train structure guidance and the UNet to denoise, reading a self-pair exemplar's bank."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from amlight.backbone import Backbone, get_backbone
+from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, check_groups, check_mode
+from amlight.modules.exemplar_unet import ExemplarUNet
+from amlight.modules.structure_guidance import StructureGuidance
+from amlight.pipeline.ddim_sampler import ddim_sample
+from amlight.stages.checkpoints import FORMAT_VERSION, plain
+
+Trainable = Literal["all", "attention", "guidance"]
+
+
+class GenerationStage(L.LightningModule):
+    """Args:
+        num_classes, ignore_index: of the label maps (the CLI links them from the DataModule).
+        backbone, backbone_path, backbone_options, prompt, seed: which frozen backbone (see amlight.backbone).
+        trainable: "all" (UNet + guidance), "attention" (guidance + the UNet's attention blocks), "guidance".
+        attention: how the generation branch reads the exemplar while training; "structure_only" trains
+            without the exemplar branch.
+        attention_blocks: which UNet block groups read the exemplar bank (down, mid, up).
+        exemplar_dropout: share of samples trained without the exemplar, so that classifier-free guidance
+            has an unconditional (no exemplar) prediction to push away from.
+        appearance_grad: let gradients flow through the appearance branch (slower; the bank learns too).
+        sample_steps, sample_guidance_scale: the DDIM sampler of validation grids.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        backbone: str = "tiny",
+        backbone_path: str | None = None,
+        backbone_options: dict[str, Any] | None = None,
+        prompt: str = "",
+        seed: int = 0,
+        guidance_channels: int = 32,
+        guidance_scale: float = 1.0,
+        trainable: Trainable = "all",
+        attention: AttentionMode = "augmented",
+        attention_blocks: list[str] = list(BLOCK_GROUPS),
+        exemplar_dropout: float = 0.1,
+        appearance_grad: bool = False,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        gradient_checkpointing: bool = False,
+        sample_steps: int = 25,
+        sample_guidance_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        check_mode(attention)
+        check_groups(attention_blocks)
+        if attention in ("adapter",):
+            raise ValueError("stage 1 trains without the adapter; use 'augmented' or 'hard_mask' (AdapterStage adds it)")
+        self.backbone: Backbone = get_backbone(backbone, path=backbone_path, prompt=prompt, seed=seed, options=backbone_options)
+        unet = self.backbone.new_unet()
+        guidance = StructureGuidance(
+            num_classes, unet.config.block_out_channels[0], downsample=self.backbone.latent_downsample,
+            channels=guidance_channels, scale=guidance_scale, ignore_index=ignore_index,
+        )
+        self.model = ExemplarUNet(unet, guidance, ignore_index=ignore_index)
+        self.train_scheduler = self.backbone.train_scheduler()
+        self._set_trainable(trainable)
+        if gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+
+    def _set_trainable(self, trainable: str) -> None:
+        unet = self.model.unet
+        unet.requires_grad_(trainable == "all")
+        if trainable == "attention":
+            for name, p in unet.named_parameters():
+                p.requires_grad_("attentions." in name)
+        elif trainable not in ("all", "guidance"):
+            raise ValueError(f"unknown trainable {trainable!r}; choose all, attention or guidance")
+
+    # --- frozen parts follow the module's device (they are not submodules, so Lightning does not move them)
+    def frozen(self) -> Backbone:
+        if self.backbone.device != self.device:
+            self.backbone.to(self.device)
+        return self.backbone
+
+    @property
+    def uses_exemplar(self) -> bool:
+        return self.hparams.attention != "structure_only"
+
+    def denoising_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        bb = self.frozen()
+        hp = self.hparams
+        latents = bb.encode(batch["image"])
+        batch_size = latents.shape[0]
+        T = self.train_scheduler.config.num_train_timesteps
+
+        t = _randint(T, batch_size, self.device, generator)
+        noise = _randn(latents, generator)
+        noisy = self.train_scheduler.add_noise(latents, noise, t)
+        prompt = bb.prompt_batch(batch_size).to(latents)
+        bank, keep = None, None
+        if self.uses_exemplar:
+            ex_latents = bb.encode(batch["exemplar_image"])
+            # The exemplar is noised to the same timestep as the target, with its own noise.
+            ex_noisy = self.train_scheduler.add_noise(ex_latents, _randn(ex_latents, generator), t)
+            with torch.set_grad_enabled(hp.appearance_grad and torch.is_grad_enabled()):
+                bank = self.model.write_bank(ex_noisy, t, batch["exemplar_labels"], prompt)
+            if hp.exemplar_dropout > 0 and self.training:
+                keep = torch.rand(batch_size, device=self.device) >= hp.exemplar_dropout
+        eps = self.model(
+            noisy, t, batch["labels"], prompt, bank=bank, exemplar_labels=batch["exemplar_labels"],
+            attention=hp.attention, groups=hp.attention_blocks, exemplar_keep=keep,
+        )
+        return F.mse_loss(eps.float(), noise.float())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.denoising_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Fixed noise and timesteps per batch: the validation loss is comparable across epochs.
+        loss = self.denoising_loss(batch, generator=torch.Generator().manual_seed(1000 + batch_idx))
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict, attention: str | None = None, steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
+        """Images in [-1, 1] for the batch's target labels in the batch's exemplars' appearance."""
+        hp = self.hparams
+        return ddim_sample(
+            self.model, self.frozen(), batch["labels"].to(self.device),
+            exemplar_images=batch["exemplar_image"].to(self.device),
+            exemplar_labels=batch["exemplar_labels"].to(self.device),
+            attention=attention or (hp.attention if self.uses_exemplar else "structure_only"),
+            steps=steps or hp.sample_steps,
+            guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale,
+            groups=hp.attention_blocks, seed=seed,
+        )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        warmup = max(1, hp.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A plain record next to Lightning's own keys: enough to rebuild the model with weights_only loading.
+        checkpoint["amlight"] = {
+            "stage": "generation",
+            "format_version": FORMAT_VERSION,
+            "backbone": plain(self.backbone.spec),
+            "hparams": plain(dict(self.hparams)),
+        }
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.randn_like(like)
+    return torch.randn(like.shape, generator=generator).to(like)
+
+
+def _randint(high: int, n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.randint(0, high, (n,), device=device)
+    return torch.randint(0, high, (n,), generator=generator).to(device)

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from amlight.modules import ExemplarContext
+
+
+def _inputs(batch=2, classes=5, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    labels = torch.randint(0, classes, (batch, size, size), generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    return x, labels, t
+
+
+def test_structure_only_ignores_the_bank(tiny_model, tiny_backbone):
+    x, labels, t = _inputs()
+    prompt = tiny_backbone.prompt_batch(2)
+    with torch.no_grad():
+        bank = tiny_model.write_bank(torch.randn_like(x), t, labels, prompt)
+        plain = tiny_model(x, t, labels, prompt)
+        ignored = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="structure_only")
+        read = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="augmented")
+    assert torch.equal(plain, ignored)
+    assert (plain - read).abs().max() > 1e-4  # the bank does change the output
+
+
+def test_identical_exemplar_equals_plain_self_attention(tiny_model, tiny_backbone):
+    # Keys/values [X ; X] give the same softmax average as [X]: a self-pair with the same noisy input
+    # must reproduce plain self-attention. Catches wrong projections, head splits or scaling.
+    x, labels, t = _inputs()
+    prompt = tiny_backbone.prompt_batch(2)
+    with torch.no_grad():
+        bank = tiny_model.write_bank(x, t, labels, prompt)
+        plain = tiny_model(x, t, labels, prompt)
+        read = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="augmented")
+    assert torch.allclose(plain, read, atol=1e-5)
+
+
+def test_dropped_rows_use_plain_attention(tiny_model, tiny_backbone):
+    x, labels, t = _inputs(batch=4)
+    prompt = tiny_backbone.prompt_batch(4)
+    keep = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        bank = tiny_model.write_bank(torch.randn_like(x), t, labels, prompt)
+        plain = tiny_model(x, t, labels, prompt)
+        read = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, exemplar_keep=keep)
+    assert torch.allclose(read[~keep], plain[~keep], atol=1e-6)
+    assert (read[keep] - plain[keep]).abs().max() > 1e-4
+
+
+def test_hard_mask_puts_no_probability_on_other_classes(tiny_model, tiny_backbone):
+    x, labels, t = _inputs()
+    ex_labels = torch.flip(labels, dims=[-1])
+    prompt = tiny_backbone.prompt_batch(2)
+    seen = {}
+
+    def recorder(layer, probs, size, ctx):
+        seen[layer] = (probs, ctx.cost(size))
+
+    with torch.no_grad():
+        bank = tiny_model.write_bank(torch.randn_like(x), t, ex_labels, prompt)
+        tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=ex_labels, attention="hard_mask", recorder=recorder)
+    assert set(seen) == set(tiny_model.self_attention_layers)
+    for probs, cost in seen.values():
+        off_class = probs.masked_select(~cost[:, None].expand_as(probs))
+        assert off_class.abs().max() == 0
+        # ...and it still attends to the exemplar where a class matches
+        assert probs.masked_select(cost[:, None].expand_as(probs)).sum() > 0
+
+
+def test_blocks_restrict_which_layers_read(tiny_model, tiny_backbone):
+    x, labels, t = _inputs()
+    prompt = tiny_backbone.prompt_batch(2)
+    seen = []
+    with torch.no_grad():
+        bank = tiny_model.write_bank(torch.randn_like(x), t, labels, prompt)
+        tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, groups=["mid"],
+                   recorder=lambda layer, *a: seen.append(layer))
+    assert seen and all(name.startswith("mid_block") for name in seen)
+
+
+def test_gradient_checkpointing_keeps_gradients(tiny_model, tiny_backbone):
+    # Checkpointing re-runs blocks during backward; the exemplar context travels with the call
+    # (cross_attention_kwargs), so the recomputation must read the same bank and give equal gradients.
+    x, labels, t = _inputs()
+    prompt = tiny_backbone.prompt_batch(2)
+    ex = torch.randn_like(x)
+
+    def grads():
+        tiny_model.zero_grad()
+        bank = tiny_model.write_bank(ex, t, labels, prompt)
+        out = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels)
+        out.square().mean().backward()
+        return {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+
+    tiny_model.train()
+    reference = grads()
+    tiny_model.unet.enable_gradient_checkpointing()
+    checkpointed = grads()
+    tiny_model.unet.disable_gradient_checkpointing()
+    assert reference.keys() == checkpointed.keys()
+    for name in reference:
+        assert torch.allclose(reference[name], checkpointed[name], atol=1e-5), name
+
+
+def test_context_rejects_unknown_mode_and_missing_labels():
+    with pytest.raises(ValueError, match="unknown attention mode"):
+        ExemplarContext(mode="read", latent_size=(8, 8), attention="softmask")
+    with pytest.raises(ValueError, match="needs target and exemplar label maps"):
+        ExemplarContext(mode="read", latent_size=(8, 8), attention="hard_mask")
+
+
+def test_mismatched_exemplar_size_is_a_clear_error(tiny_model, tiny_backbone):
+    x, labels, t = _inputs()
+    prompt = tiny_backbone.prompt_batch(2)
+    with torch.no_grad():
+        bank = tiny_model.write_bank(torch.randn(2, 3, 8, 8), t, labels[:, :8, :8], prompt)
+        with pytest.raises(ValueError, match="exemplar and target must have the same size"):
+            tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels)
