@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from pathlib import Path
 
-    from amlight.data.synthetic import _ensure, read_manifest
+    from amlight.data.synthetic import prepare_synthetic_dataset, read_manifest
 
     root = Path(args.out)
     params = dict(seed=args.seed, num_train=args.num_train, num_val_groups=args.num_val_groups,
                   height=args.height, width=args.width)
     try:
-        summary = _ensure(root, progress=not args.no_progress, force=args.force, **params)
+        summary = prepare_synthetic_dataset(root, progress=not args.no_progress, force=args.force, **params)
     except (ValueError, FileExistsError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ class Layout:
     shapes: tuple[Shape, ...]
 
     def ground_d(self, z):
+        """How far below the horizon (fraction of the image height) the ground ``z`` metres ahead is."""
         return self.focal * self.cam_height / np.asarray(z, dtype=np.float64)
 
     def center_x(self, d):
@@ -260,7 +261,7 @@ def sample_layout(rng: np.random.Generator, height: int, width: int) -> Layout:
         shapes.append(_rect(base, CAR, z, lateral, half * (0.95 if van else rng.uniform(0.7, 0.85)),
                             tall * waist - 0.01, tall))
 
-    return Layout(**{**base.__dict__, "shapes": tuple(shapes)})
+    return replace(base, shapes=tuple(shapes))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -743,12 +744,14 @@ def ensure_synthetic_dataset(root: str | Path, *, progress: bool = True, force: 
     with different ones (``force=True`` regenerates instead). Generation is atomic: an interrupted
     run leaves no folder at ``root``, and of two racing processes the loser finds the winner's.
     """
-    _ensure(Path(root), progress=progress, force=force, **params)
+    prepare_synthetic_dataset(root, progress=progress, force=force, **params)
     return Path(root)
 
 
-def _ensure(root: Path, *, progress: bool = True, force: bool = False, **params) -> dict[str, Any] | None:
+def prepare_synthetic_dataset(root: str | Path, *, progress: bool = True, force: bool = False,
+                              **params) -> dict[str, Any] | None:
     """:func:`ensure_synthetic_dataset`, returning the generation summary (None if nothing was generated)."""
+    root = Path(root)
     params = _canonical_params(params)
     if not force:
         manifest = read_manifest(root)

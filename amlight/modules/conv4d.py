@@ -1,0 +1,89 @@
+"""4D convolution, pooling and unpooling on correlation volumes (B, C, h1, w1, h2, w2).
+
+Dims (h1, w1) are target positions and (h2, w2) exemplar positions, as in the attention logits
+(rows target, columns exemplar, both row-major). Everything here works on the 4D volume: the
+flattened (h1*w1, h2*w2) matrix is never resized as if it were an image, because neighbouring rows
+of that matrix are not neighbouring target positions (METHOD.md, "Traps").
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def _check_volume(x: torch.Tensor, where: str) -> None:
+    if x.ndim != 6:
+        raise ValueError(f"{where} expects a volume (B, C, h1, w1, h2, w2), got shape {tuple(x.shape)}")
+
+
+class CenterPivotConv4d(nn.Module):
+    """A separable 4D conv: 2D conv over the target dims plus 2D conv over the exemplar dims.
+
+    The full k^4 kernel would cost k^4 * C_in * C_out weights and as many multiply-adds per entry;
+    the center-pivot form keeps only the two kernel slices through the centre (2 k^2), which is what
+    keeps the adapter at tens of thousands of parameters and lets it run on 32^4 volumes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number ('same' padding), got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        pad = kernel_size // 2
+        # A bias on each 2D conv would be two copies of the same constant: keep one.
+        self.target_conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad, bias=False)
+        self.exemplar_conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad, bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def zero_(self) -> "CenterPivotConv4d":
+        with torch.no_grad():
+            self.target_conv.weight.zero_()
+            self.exemplar_conv.weight.zero_()
+            self.bias.zero_()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_volume(x, "CenterPivotConv4d")
+        b, c, h1, w1, h2, w2 = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"CenterPivotConv4d was built for {self.in_channels} input channels, got {c}")
+        co = self.out_channels
+        # Every exemplar position becomes a batch row of a 2D conv over the target grid, and vice versa.
+        xt = x.permute(0, 4, 5, 1, 2, 3).reshape(b * h2 * w2, c, h1, w1)
+        yt = self.target_conv(xt).view(b, h2, w2, co, h1, w1).permute(0, 3, 4, 5, 1, 2)
+        xe = x.permute(0, 2, 3, 1, 4, 5).reshape(b * h1 * w1, c, h2, w2)
+        ye = self.exemplar_conv(xe).view(b, h1, w1, co, h2, w2).permute(0, 3, 1, 2, 4, 5)
+        return yt + ye + self.bias.view(1, co, 1, 1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+
+
+def pool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average over factor x factor target and factor x factor exemplar neighbourhoods."""
+    _check_volume(x, "pool4d")
+    if factor < 1:
+        raise ValueError(f"pool4d factor must be >= 1, got {factor}")
+    if factor == 1:
+        return x
+    b, c, h1, w1, h2, w2 = x.shape
+    dims = (h1, w1, h2, w2)
+    if any(d % factor for d in dims):
+        raise ValueError(
+            f"pool4d: factor {factor} does not divide the spatial sizes (h1, w1, h2, w2) = {dims}"
+        )
+    f = factor
+    return x.reshape(b, c, h1 // f, f, w1 // f, f, h2 // f, f, w2 // f, f).mean(dim=(3, 5, 7, 9))
+
+
+def unpool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest upsampling in 4D: the inverse layout of :func:`pool4d` (each entry fills its neighbourhood)."""
+    _check_volume(x, "unpool4d")
+    if factor < 1:
+        raise ValueError(f"unpool4d factor must be >= 1, got {factor}")
+    if factor == 1:
+        return x
+    b, c, h1, w1, h2, w2 = x.shape
+    f = factor
+    grown = x.reshape(b, c, h1, 1, w1, 1, h2, 1, w2, 1).expand(b, c, h1, f, w1, f, h2, f, w2, f)
+    return grown.reshape(b, c, h1 * f, w1 * f, h2 * f, w2 * f)
