@@ -18,6 +18,7 @@ LIGHTNING_COMMANDS = {
 OWN_COMMANDS = {
     "synth": ("amlight.commands.synth", "render the synthetic driving scenes (the offline default data)"),
     "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
+    "export-adapter": ("amlight.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
 }
 
 

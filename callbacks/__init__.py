@@ -1,4 +1,5 @@
 """Lightning callbacks (installed as amlight.callbacks)."""
+from amlight.callbacks.attention_maps import AttentionMaps
 from amlight.callbacks.sample_grid import SampleGrid
 
-__all__ = ["SampleGrid"]
+__all__ = ["AttentionMaps", "SampleGrid"]

@@ -66,3 +66,26 @@ def save_tiny_sd15(root):
 @pytest.fixture(scope="session")
 def tiny_sd15_dir(tmp_path_factory):
     return save_tiny_sd15(tmp_path_factory.mktemp("tiny_sd15"))
+
+
+TINY_OPTIONS = {"sample_size": 16, "block_out_channels": [16, 32], "attention_heads": 2}
+
+
+def save_stage1_checkpoint(path, num_classes=5, seed=0, **kw):
+    """A tiny-preset GenerationStage checkpoint written through Lightning, as `fit` writes them."""
+    import lightning as L
+
+    from amlight.stages import GenerationStage
+
+    torch.manual_seed(seed)
+    stage = GenerationStage(num_classes=num_classes, backbone_options=kw.pop("backbone_options", TINY_OPTIONS),
+                            guidance_channels=16, **kw)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(stage)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stage1_ckpt(tmp_path_factory):
+    return save_stage1_checkpoint(tmp_path_factory.mktemp("stage1") / "stage1.ckpt")

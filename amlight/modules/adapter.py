@@ -114,16 +114,17 @@ class AMAdapter(nn.Module):
 
         param = next(self.parameters())
         # Gradients from the adapter's loss must train phi only, never the attention that produced A.
-        a = logits.detach().to(param.dtype)
-        # Logit scale varies a lot across layers and timesteps while C is 0/1; standardising A per
-        # sample and head keeps both inputs on one scale. Statistics are per sample: taking them over
-        # the batch would let one sample change another's output (a trap of the reference code).
-        mean = a.mean(dim=(2, 3), keepdim=True)
-        std = a.std(dim=(2, 3), keepdim=True) if n * nx > 1 else torch.ones_like(mean)
-        a = (a - mean) / (std + 1e-5)
-        c = cost.detach().to(param.dtype)[:, None]
-        r = torch.cat([a, c], dim=1).reshape(b, heads + 1, h, w, h, w)
-        r = pool4d(r, factor)
+        a = logits.detach().reshape(b, heads, h, w, h, w)
+        # Pool before anything else copies the full-size volume: at 64x64 one (heads, N, N) copy is
+        # hundreds of MB, its 4D-pooled version 16x less.
+        a = pool4d(a, factor).to(param.dtype)
+        c = pool4d(cost.detach().to(param.dtype).reshape(b, 1, h, w, h, w), factor)
+        # Logit scale varies a lot across layers and timesteps while C lies in [0, 1]; standardising A
+        # per sample and head puts both inputs on one scale. The statistics are per sample: taking
+        # them over the batch would let one sample change another's output (a reference-code trap).
+        mean = a.mean(dim=(2, 3, 4, 5), keepdim=True)
+        std = a.std(dim=(2, 3, 4, 5), keepdim=True) if a[0, 0].numel() > 1 else torch.ones_like(mean)
+        r = torch.cat([(a - mean) / (std + 1e-5), c], dim=1)
         delta = unpool4d(self.phi[group](r), factor)
         return delta.reshape(b, heads, n, nx).to(logits.dtype)
 

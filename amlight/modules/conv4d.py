@@ -66,14 +66,17 @@ def pool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
         raise ValueError(f"pool4d factor must be >= 1, got {factor}")
     if factor == 1:
         return x
-    b, c, h1, w1, h2, w2 = x.shape
-    dims = (h1, w1, h2, w2)
+    dims = tuple(x.shape[2:])
     if any(d % factor for d in dims):
         raise ValueError(
             f"pool4d: factor {factor} does not divide the spatial sizes (h1, w1, h2, w2) = {dims}"
         )
-    f = factor
-    return x.reshape(b, c, h1 // f, f, w1 // f, f, h2 // f, f, w2 // f, f).mean(dim=(3, 5, 7, 9))
+    # One dim at a time, innermost first: each pass is a cheap reduction of a contiguous-ish axis and
+    # shrinks the volume for the next (about 2x faster on CPU than one 4-axis mean at 64^4).
+    for dim in (5, 4, 3, 2):
+        shape = list(x.shape)
+        x = x.reshape(*shape[:dim], shape[dim] // factor, factor, *shape[dim + 1 :]).mean(dim + 1)
+    return x
 
 
 def unpool4d(x: torch.Tensor, factor: int) -> torch.Tensor:

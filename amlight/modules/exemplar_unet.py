@@ -104,3 +104,16 @@ def _as_batch(timesteps, latents: torch.Tensor) -> torch.Tensor:
     if t.ndim == 0:
         t = t.expand(latents.shape[0])
     return t
+
+
+def build_exemplar_unet(
+    backbone, num_classes: int, ignore_index: int = 255, guidance_channels: int = 32, guidance_scale: float = 1.0
+) -> ExemplarUNet:
+    """A fresh UNet of ``backbone`` with structure guidance sized for it: what stage 1 trains and
+    what a stage-1 checkpoint's weights are loaded into."""
+    unet = backbone.new_unet()
+    guidance = StructureGuidance(
+        num_classes, unet.config.block_out_channels[0], downsample=backbone.latent_downsample,
+        channels=guidance_channels, scale=guidance_scale, ignore_index=ignore_index,
+    )
+    return ExemplarUNet(unet, guidance, ignore_index=ignore_index)

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from amlight.backbone import Backbone, get_backbone
 from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, check_groups, check_mode
-from amlight.modules.exemplar_unet import ExemplarUNet
-from amlight.modules.structure_guidance import StructureGuidance
+from amlight.modules.exemplar_unet import build_exemplar_unet
 from amlight.pipeline.ddim_sampler import ddim_sample
 from amlight.stages.checkpoints import FORMAT_VERSION, plain
 
@@ -61,12 +60,9 @@ class GenerationStage(L.LightningModule):
         if attention in ("adapter",):
             raise ValueError("stage 1 trains without the adapter; use 'augmented' or 'hard_mask' (AdapterStage adds it)")
         self.backbone: Backbone = get_backbone(backbone, path=backbone_path, prompt=prompt, seed=seed, options=backbone_options)
-        unet = self.backbone.new_unet()
-        guidance = StructureGuidance(
-            num_classes, unet.config.block_out_channels[0], downsample=self.backbone.latent_downsample,
-            channels=guidance_channels, scale=guidance_scale, ignore_index=ignore_index,
+        self.model = build_exemplar_unet(
+            self.backbone, num_classes, ignore_index, guidance_channels=guidance_channels, guidance_scale=guidance_scale
         )
-        self.model = ExemplarUNet(unet, guidance, ignore_index=ignore_index)
         self.train_scheduler = self.backbone.train_scheduler()
         self._set_trainable(trainable)
         if gradient_checkpointing:
@@ -86,6 +82,10 @@ class GenerationStage(L.LightningModule):
         if self.backbone.device != self.device:
             self.backbone.to(self.device)
         return self.backbone
+
+    def probe_parts(self):
+        """(ExemplarUNet, Backbone, adapter or None): what attention probes and callbacks run."""
+        return self.model, self.frozen(), None
 
     @property
     def uses_exemplar(self) -> bool:

@@ -1,0 +1,150 @@
+"""Stage 2: train only the AM-Adapter on top of a frozen stage-1 model."""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from amlight.backbone.stage1_model import Stage1Model, load_stage1
+from amlight.modules.adapter import AMAdapter
+from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups
+from amlight.pipeline.ddim_sampler import ddim_sample
+from amlight.stages.checkpoints import FORMAT_VERSION, plain
+
+
+class AdapterStage(L.LightningModule):
+    """Args:
+        stage1_checkpoint: the GenerationStage checkpoint whose UNet and structure guidance stay frozen.
+        num_classes, ignore_index: linked from the data by the CLI; must match stage 1's.
+        adapter_channels, adapter_layers, kernel_size, max_resolution: the adapter's 4D conv stack phi.
+        attention_blocks: block groups whose self-attention reads the exemplar (and gets the adapter).
+        sample_steps, sample_guidance_scale: the DDIM sampler of validation grids.
+    """
+
+    def __init__(
+        self,
+        stage1_checkpoint: str,
+        num_classes: int | None = None,
+        ignore_index: int | None = None,
+        adapter_channels: int = 16,
+        adapter_layers: int = 3,
+        kernel_size: int = 3,
+        max_resolution: int = 32,
+        attention_blocks: list[str] = list(BLOCK_GROUPS),
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        sample_steps: int = 25,
+        sample_guidance_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        check_groups(attention_blocks)
+        stage1 = load_stage1(stage1_checkpoint)
+        for name, value, expected in [("num_classes", num_classes, stage1.num_classes),
+                                      ("ignore_index", ignore_index, stage1.ignore_index)]:
+            if value is not None and value != expected:
+                raise ValueError(
+                    f"the data has {name}={value} but stage 1 ({stage1_checkpoint}) was trained with {expected}: "
+                    "train stage 2 on the label space of stage 1"
+                )
+        # A plain attribute, not a submodule: the frozen model stays out of checkpoints and DDP.
+        self.__dict__["stage1"] = stage1
+        self.adapter = AMAdapter(
+            heads=stage1.heads, channels=adapter_channels, num_layers=adapter_layers,
+            kernel_size=kernel_size, max_resolution=max_resolution, groups=tuple(attention_blocks),
+        )
+        self.train_scheduler = stage1.backbone.train_scheduler()
+
+    def frozen(self) -> Stage1Model:
+        if self.stage1.backbone.device != self.device:
+            self.stage1.to(self.device)
+        return self.stage1
+
+    def probe_parts(self):
+        s1 = self.frozen()
+        return s1.model, s1.backbone, self.adapter
+
+    def denoising_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        s1 = self.frozen()
+        bb, model = s1.backbone, s1.model
+        latents = bb.encode(batch["image"])
+        ex_latents = bb.encode(batch["exemplar_image"])
+        batch_size = latents.shape[0]
+        T = self.train_scheduler.config.num_train_timesteps
+        if generator is None:
+            t = torch.randint(0, T, (batch_size,), device=self.device)
+            noise, ex_noise = torch.randn_like(latents), torch.randn_like(ex_latents)
+        else:
+            t = torch.randint(0, T, (batch_size,), generator=generator).to(self.device)
+            noise = torch.randn(latents.shape, generator=generator).to(latents)
+            ex_noise = torch.randn(ex_latents.shape, generator=generator).to(ex_latents)
+        prompt = bb.prompt_batch(batch_size).to(latents)
+        with torch.no_grad():  # the appearance branch is frozen and needs no graph
+            bank = model.write_bank(self.train_scheduler.add_noise(ex_latents, ex_noise, t), t,
+                                    batch["exemplar_labels"], prompt)
+        eps = model(
+            self.train_scheduler.add_noise(latents, noise, t), t, batch["labels"], prompt, bank=bank,
+            exemplar_labels=batch["exemplar_labels"], attention="adapter",
+            groups=self.hparams.attention_blocks, adapter=self.adapter,
+        )
+        return F.mse_loss(eps.float(), noise.float())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.denoising_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.denoising_loss(batch, generator=torch.Generator().manual_seed(1000 + batch_idx))
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict, attention: str = "adapter", steps: int | None = None,
+                 guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
+        s1 = self.frozen()
+        hp = self.hparams
+        return ddim_sample(
+            s1.model, s1.backbone, batch["labels"].to(self.device),
+            exemplar_images=batch["exemplar_image"].to(self.device),
+            exemplar_labels=batch["exemplar_labels"].to(self.device),
+            attention=attention, steps=steps or hp.sample_steps,
+            guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale,
+            groups=hp.attention_blocks, seed=seed, adapter=self.adapter,
+        )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        warmup = max(1, hp.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["amlight"] = {
+            "stage": "adapter",
+            "format_version": FORMAT_VERSION,
+            "stage1": {"path": self.stage1.path, "sha256": self.stage1.sha256},
+            "adapter": plain(self.adapter.config),
+            "hparams": plain(dict(self.hparams)),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_stage1_match(checkpoint.get("amlight", {}), self.stage1)
+
+
+def check_stage1_match(record: dict[str, Any], stage1: Stage1Model) -> None:
+    """Warn when an adapter meets a stage-1 model other than the one it was trained with."""
+    import warnings
+
+    trained_on = (record.get("stage1") or {}).get("sha256")
+    if trained_on and trained_on != stage1.sha256:
+        warnings.warn(
+            f"this adapter was trained on the stage-1 checkpoint {record['stage1'].get('path')} "
+            f"(sha256 {trained_on[:12]}...), not on {stage1.path} (sha256 {stage1.sha256[:12]}...); "
+            "results may be poor",
+            stacklevel=2,
+        )

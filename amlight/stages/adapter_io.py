@@ -1,0 +1,87 @@
+"""Adapter files: export a stage-2 checkpoint to safetensors, load an adapter for a stage-1 model.
+
+The safetensors file holds the adapter's weights and, as string metadata, its configuration and the
+path and hash of the stage-1 checkpoint it was trained on. Loading checks both: a different stage-1
+checkpoint warns; an adapter that does not fit the model (other head count, other groups) fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from amlight.backbone.stage1_model import Stage1Model
+from amlight.modules.adapter import AMAdapter
+from amlight.stages.checkpoints import CheckpointError, read_checkpoint
+
+
+def _adapter_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("adapter."): v for k, v in ckpt["state_dict"].items() if k.startswith("adapter.")}
+
+
+def export_adapter(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the adapter of a stage-2 checkpoint to a safetensors file (atomically)."""
+    ckpt = read_checkpoint(checkpoint, expect_stage="adapter")
+    record = ckpt["amlight"]
+    metadata = {
+        "amlight_stage": "adapter",
+        "adapter_config": json.dumps(record["adapter"]),
+        "stage1": json.dumps(record.get("stage1", {})),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in _adapter_state(ckpt).items()}, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_adapter_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, record with 'adapter' config and 'stage1' reference) from a .safetensors or stage-2 .ckpt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"adapter file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            with open(path, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(header_len))
+            meta = header.get("__metadata__", {})
+            state = load_file(path)
+        except (SafetensorError, ValueError, OSError) as e:
+            raise CheckpointError(f"cannot read adapter file {path}: {e}") from None
+        if meta.get("amlight_stage") != "adapter":
+            raise CheckpointError(f"{path} is not an amlight adapter file (no adapter metadata)")
+        return state, {"adapter": json.loads(meta["adapter_config"]), "stage1": json.loads(meta.get("stage1", "{}"))}
+    ckpt = read_checkpoint(path, expect_stage="adapter")
+    return _adapter_state(ckpt), ckpt["amlight"]
+
+
+def load_adapter(path: str | Path, stage1: Stage1Model) -> AMAdapter:
+    """An adapter ready to use with ``stage1``: fails clearly if it cannot fit, warns if trained elsewhere."""
+    from amlight.stages.adapter import check_stage1_match
+
+    state, record = read_adapter_file(path)
+    config = record["adapter"]
+    if config.get("heads") != stage1.heads:
+        raise CheckpointError(
+            f"adapter {path} was built for {config.get('heads')} attention heads, but the stage-1 model "
+            f"{stage1.path} has {stage1.heads}: it belongs to another architecture"
+        )
+    adapter = AMAdapter(**config)
+    try:
+        adapter.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"adapter {path} does not match its own configuration: {str(e)[:300]}") from None
+    check_stage1_match(record, stage1)
+    return adapter.eval().requires_grad_(False)
