@@ -14,9 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The offline default: synthetic scenes + tiny backbone, trained on the CPU.
+# The offline default: synthetic scenes + tiny backbone, trained on the CPU: stage 1, then stage 2.
 demo: $(STAMP)
 	$(PY) -m amlight fit --config configs/quickstart/stage1.yaml
+	$(PY) -m amlight fit --config configs/quickstart/stage2.yaml
+	@echo "Done. Look at it: $(VENV)/bin/tensorboard --logdir runs/quickstart  (samples also in runs/quickstart/*/samples/)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -26,6 +26,7 @@ from amlight.pipeline.attention_probe import (
     short_layer_name,
 )
 from amlight.visualize import colorize, column_grid, save_png
+from amlight.callbacks.run_dir import run_dir
 
 
 class AttentionMaps(L.Callback):
@@ -104,7 +105,8 @@ class AttentionMaps(L.Callback):
     def run(self, trainer, pl_module, batch: dict) -> None:
         """Probe ``batch``, log panels and scalars at the trainer's global step, write PNGs."""
         if not hasattr(pl_module, "probe_parts"):
-            self._warn_once("parts", f"AttentionMaps: {type(pl_module).__name__} has no probe_parts(); no attention maps")
+            name = type(pl_module).__name__
+            self._warn_once("parts", f"AttentionMaps: {name} has no probe_parts(); no attention maps")
             return
         metadata = getattr(trainer.datamodule, "metadata", None) if trainer.datamodule is not None else None
         # The whole module goes to eval (not only the probed parts) and every submodule's flag comes back.
@@ -120,8 +122,8 @@ class AttentionMaps(L.Callback):
                 # The logger's own API: pl_module.log is not allowed in every hook this runs from.
                 logger.log_metrics(scalars, step)
         self.last_paths = []
-        if self.save and trainer.log_dir:
-            folder = Path(trainer.log_dir) / "attention"
+        if self.save and run_dir(trainer) is not None:
+            folder = run_dir(trainer) / "attention"
             for (layer, i), panel in panels.items():
                 name = f"step_{step:06d}_{short_layer_name(layer)}_s{i}.png"
                 self.last_paths.append(save_png(panel, folder / name))
@@ -159,7 +161,7 @@ class AttentionMaps(L.Callback):
         panels = {}
         target_colours = colorize(batch["labels"], metadata)
         for i in range(batch["labels"].shape[0]):
-            points = choose_query_points(batch["labels"][i], ignore_index=model.ignore_index, max_points=self.max_points)
+            points = choose_query_points(batch["labels"][i], model.ignore_index, max_points=self.max_points)
             if not points:
                 continue
             exemplar = batch["exemplar_image"][i]

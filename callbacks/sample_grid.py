@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from amlight.visualize import colorize, column_grid, save_png, to_uint8
+from amlight.callbacks.run_dir import run_dir
 
 
 class SampleGrid(L.Callback):
@@ -37,8 +38,8 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples/exemplar|labels|generated|real", grid, step)
-        if self.save and trainer.log_dir:
-            self.last_path = save_png(grid, Path(trainer.log_dir) / "samples" / f"step_{step:06d}.png")
+        if self.save and run_dir(trainer) is not None:
+            self.last_path = save_png(grid, run_dir(trainer) / "samples" / f"step_{step:06d}.png")
 
     @torch.no_grad()
     def render(self, trainer, pl_module, batch: dict) -> torch.Tensor:

@@ -79,7 +79,7 @@ def test_known_answer_same_class_mass_and_exemplar_share():
     result = ProbeResult(probs={"l": probs}, cost={"l": cost}, size={"l": (1, 3)}, image_size=(1, 3))
     assert torch.allclose(result.same_class_mass_per_sample("l"), torch.tensor([0.875, 0.25]))
     assert result.same_class_mass("l") == pytest.approx(0.5625)
-    assert torch.allclose(result.exemplar_share_per_sample(), torch.tensor([1.5 / 3, 2.0 / 3]))
+    assert torch.allclose(result.exemplar_share_per_sample(), torch.tensor([1.5 / 3, 1.7 / 3]))
     # A second layer where all exemplar mass hits the class: layer=None averages layers.
     hard = probs * cost
     result.probs["m"], result.cost["m"], result.size["m"] = hard, cost, (1, 3)
@@ -112,6 +112,24 @@ def test_hard_mask_keeps_all_exemplar_mass_on_the_class_and_augmented_does_not(t
         probe_attention(tiny_model, tiny_backbone, batch, "augmented", layers=["nope.attn1"])
 
 
+def test_adapter_mode_probes_through_the_adapter(tiny_model, tiny_backbone):
+    from amlight.modules.adapter import AMAdapter
+
+    batch = _batch()
+    layer = tiny_model.self_attention_layers[0]
+    adapter = AMAdapter(heads=2, channels=4, num_layers=2).train()
+    augmented = probe_attention(tiny_model, tiny_backbone, batch, "augmented", layers=[layer])
+    at_init = probe_attention(tiny_model, tiny_backbone, batch, "adapter", adapter=adapter, layers=[layer])
+    # phi is zero at init: the adapter mode must show exactly the augmented attention.
+    assert torch.allclose(at_init.probs[layer], augmented.probs[layer], atol=1e-6)
+    assert adapter.training  # the probe's eval mode is undone
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(0.5)
+    moved = probe_attention(tiny_model, tiny_backbone, batch, "adapter", adapter=adapter, layers=[layer])
+    assert not torch.allclose(moved.probs[layer], augmented.probs[layer], atol=1e-4)
+
+
 def test_default_layers_and_short_names():
     names = [
         "down_blocks.2.attentions.0.transformer_blocks.0.attn1",
@@ -128,13 +146,14 @@ def test_default_layers_and_short_names():
 
 
 def test_heatmap_overlay_marks_the_hot_cell():
-    image = torch.zeros(3, 16, 16)
+    image = -torch.ones(3, 16, 16)
     weights = torch.zeros(4, 4)
     weights[1, 2] = 5.0
     out = heatmap_overlay(image, weights)
     assert out.shape == (3, 16, 16) and out.dtype == torch.uint8
     hot, cold = out[:, 4:8, 8:12].float().mean((1, 2)), out[:, 12:, :4].float().mean((1, 2))
-    assert hot[0] > 150 and hot[1] > 150 and hot.sum() > cold.sum() + 300  # yellow over dark
+    assert hot[0] > 150 and hot[1] > 150 and hot[2] < 100  # the yellow end of the ramp
+    assert (cold < 60).all()  # cold cells: mostly the (black) image
     marked = heatmap_overlay(image, weights, point=(12, 2))
     assert tuple(marked[:, 12, 2].tolist()) == (255, 255, 255) and not torch.equal(marked, out)
 
@@ -164,7 +183,7 @@ def _fit(tmp_path, callbacks, **trainer_kw):
     trainer = L.Trainer(
         max_steps=2, limit_val_batches=1, logger=TensorBoardLogger(tmp_path), callbacks=callbacks,
         accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, **trainer_kw,
+        enable_model_summary=False, log_every_n_steps=1, **trainer_kw,
     )
     stage = _stage()
     trainer.fit(stage, train_dataloaders=loader, val_dataloaders=DataLoader(_Samples(), batch_size=2))
