@@ -36,6 +36,17 @@ class Backbone:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def training_target(self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet learns to predict, by the schedule's prediction type."""
+        kind = scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return latents
+        if kind == "v_prediction":
+            return scheduler.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"unsupported prediction type {kind!r}")
+
     def new_unet(self) -> UNet2DConditionModel:
         return self.unet_factory()
 

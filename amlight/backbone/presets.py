@@ -22,6 +22,10 @@ TINY_DEFAULTS: dict[str, Any] = {
     "cross_attention_dim": 32,
     "prompt_tokens": 4,
     "norm_num_groups": 8,
+    # x0 ("sample") prediction: a from-scratch model that has trained for minutes predicts blurry but
+    # clean images (the conditional mean given layout and exemplar); epsilon prediction at the same
+    # budget leaves high-frequency noise in every sample. "epsilon" and "v_prediction" also work.
+    "prediction_type": "sample",
 }
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -39,6 +43,7 @@ def tiny_unet_config(options: dict[str, Any]) -> dict[str, Any]:
             f"unknown tiny backbone option(s) {sorted(unknown)}; known: {sorted(TINY_DEFAULTS)}"
         )
     o = {**TINY_DEFAULTS, **options}
+    o.pop("prediction_type")
     levels = len(o["block_out_channels"])
     if levels < 2:
         raise BackboneError("tiny backbone needs at least 2 levels in block_out_channels")
@@ -71,7 +76,8 @@ def build_tiny(seed: int = 0, options: dict[str, Any] | None = None) -> Backbone
     g = torch.Generator().manual_seed(seed + 1)
     prompt = torch.randn(1, merged["prompt_tokens"], merged["cross_attention_dim"], generator=g)
     scheduler_config = dict(DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=False,
+        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=merged["prediction_type"],
+        clip_sample=False,
     ).config)
     return Backbone(
         preset="tiny",

@@ -85,12 +85,13 @@ class AdapterStage(L.LightningModule):
         with torch.no_grad():  # the appearance branch is frozen and needs no graph
             bank = model.write_bank(self.train_scheduler.add_noise(ex_latents, ex_noise, t), t,
                                     batch["exemplar_labels"], prompt)
-        eps = model(
+        pred = model(
             self.train_scheduler.add_noise(latents, noise, t), t, batch["labels"], prompt, bank=bank,
             exemplar_labels=batch["exemplar_labels"], attention="adapter",
             groups=self.hparams.attention_blocks, adapter=self.adapter,
         )
-        return F.mse_loss(eps.float(), noise.float())
+        target = bb.training_target(self.train_scheduler, latents, noise, t)
+        return F.mse_loss(pred.float(), target.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.denoising_loss(batch)

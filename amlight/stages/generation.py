@@ -111,11 +111,12 @@ class GenerationStage(L.LightningModule):
                 bank = self.model.write_bank(ex_noisy, t, batch["exemplar_labels"], prompt)
             if hp.exemplar_dropout > 0 and self.training:
                 keep = torch.rand(batch_size, device=self.device) >= hp.exemplar_dropout
-        eps = self.model(
+        pred = self.model(
             noisy, t, batch["labels"], prompt, bank=bank, exemplar_labels=batch["exemplar_labels"],
             attention=hp.attention, groups=hp.attention_blocks, exemplar_keep=keep,
         )
-        return F.mse_loss(eps.float(), noise.float())
+        target = bb.training_target(self.train_scheduler, latents, noise, t)
+        return F.mse_loss(pred.float(), target.float())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.denoising_loss(batch)
