@@ -18,7 +18,9 @@ LIGHTNING_COMMANDS = {
 OWN_COMMANDS = {
     "synth": ("amlight.commands.synth", "render the synthetic driving scenes (the offline default data)"),
     "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
+    "probe": ("amlight.commands.probe", "same-class attention mass per mode on validation pairs"),
     "export-adapter": ("amlight.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
+    "benchmark": ("amlight.commands.benchmark", "speed and memory benchmarks: `benchmark train`"),
 }
 
 

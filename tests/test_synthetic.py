@@ -71,7 +71,7 @@ def test_files_and_formats(tiny_root):
     assert classes["ignore_index"] == 255
     manifest = json.loads((tiny_root / "manifest.json").read_text())
     assert manifest["format_version"] == S.FORMAT_VERSION
-    assert manifest["params"] == {"seed": 0, **TINY}
+    assert manifest["params"] == {**S.DEFAULT_PARAMS, "seed": 0, **TINY}
     assert len(list((tiny_root / "train" / "images").glob("*.png"))) == TINY["num_train"]
     assert len(list((tiny_root / "val" / "labels").glob("*.png"))) == 2 * TINY["num_val_groups"]
     with Image.open(tiny_root / "train" / "labels" / "00000.png") as img:
@@ -251,3 +251,14 @@ def test_registered_dataset(tiny_root, tmp_path):
     assert synthetic_pairs_file(tiny_root) == tiny_root / "val" / "pairs.json"
     with pytest.raises(DataFileError, match="python -m amlight synth --out"):
         build_dataset("synthetic", root=tmp_path / "missing")
+
+
+def test_appearance_spread_draws_colours_around_the_class_prior():
+    rng = lambda: np.random.default_rng(5)  # noqa: E731
+    exact = S.sample_appearance(rng(), len(S.CLASS_NAMES), spread=0)
+    assert list(exact.base) == list(S.CLASS_COLORS)
+    spread = S.sample_appearance(rng(), len(S.CLASS_NAMES), spread=64)
+    diffs = np.abs(np.array(spread.base) - np.array(S.CLASS_COLORS))
+    assert diffs.max() > 20 and diffs.mean() < 100  # varied per scene, yet near the prior
+    uniform = S.sample_appearance(rng(), len(S.CLASS_NAMES), spread=256)
+    assert list(uniform.base) != list(spread.base)

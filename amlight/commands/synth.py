@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="validation groups, each one appearance on two layouts (default: %(default)s)")
     parser.add_argument("--height", type=int, default=DEFAULT_PARAMS["height"], help="image height (default: %(default)s)")
     parser.add_argument("--width", type=int, default=DEFAULT_PARAMS["width"], help="image width (default: %(default)s)")
+    parser.add_argument("--appearance-spread", type=_non_negative, default=DEFAULT_PARAMS["appearance_spread"],
+                        metavar="S", help="std of each class's per-scene colour around its class colour, 0-255 "
+                        "units; >= 256 draws colours uniformly (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="regenerate even if DIR already holds a dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.out)
     params = dict(seed=args.seed, num_train=args.num_train, num_val_groups=args.num_val_groups,
-                  height=args.height, width=args.width)
+                  height=args.height, width=args.width, appearance_spread=args.appearance_spread)
     try:
         summary = prepare_synthetic_dataset(root, progress=not args.no_progress, force=args.force, **params)
     except (ValueError, FileExistsError) as exc:

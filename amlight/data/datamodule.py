@@ -68,9 +68,12 @@ class ExemplarPairDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.entry.name == "synthetic":
-            from amlight.data.synthetic import ensure_synthetic_dataset
+            from amlight.data.synthetic import ensure_synthetic_dataset, read_manifest
 
-            ensure_synthetic_dataset(self.root, **(self.hparams.synthetic or {}))
+            params = self.hparams.synthetic
+            if params is None and read_manifest(self.root) is not None:
+                return  # no parameters asked for: use the synthetic dataset that is there, however made
+            ensure_synthetic_dataset(self.root, **(params or {}))
 
     def _source(self, split: str):
         if self.entry.name == "synthetic":
