@@ -50,3 +50,15 @@ def test_naive_memory_of_all_sd15_self_attention_layers():
     expected = 5 * GIB + 5 * GIB // 16 + 5 * GIB // 256 + GIB // 4096
     assert naive_all_layers_bytes() == expected
     assert naive_all_layers_bytes(batch=2) == 2 * expected
+
+
+def test_benchmark_times_the_quickstart_adapter():
+    from pathlib import Path
+
+    import yaml
+
+    from amlight.benchmarks.train_speed import QUICKSTART_ADAPTER
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/quickstart/stage2.yaml").read_text())
+    init = config["model"]["init_args"]
+    assert {k: init[k] for k in QUICKSTART_ADAPTER} == QUICKSTART_ADAPTER

@@ -200,6 +200,10 @@ def _runner(stage) -> _Runner:
     return _Runner(stage, opt["optimizer"], opt["lr_scheduler"]["scheduler"])
 
 
+# The adapter of configs/quickstart/stage2.yaml (a test keeps the two in step).
+QUICKSTART_ADAPTER = dict(adapter_channels=8, adapter_layers=3, max_resolution=8)
+
+
 def build_runners(cfg: TrainBenchConfig, workdir: Path) -> dict[str, _Runner]:
     from amlight.stages import AdapterStage, GenerationStage
 
@@ -210,8 +214,8 @@ def build_runners(cfg: TrainBenchConfig, workdir: Path) -> dict[str, _Runner]:
     augmented = GenerationStage(attention="augmented", exemplar_dropout=0.1, lr=5e-4, warmup_steps=50, **common)
     structure_only = GenerationStage(attention="structure_only", lr=5e-4, warmup_steps=50, **common)
     ckpt = _save_checkpoint(augmented, workdir / "stage1.ckpt")
-    adapter = AdapterStage(stage1_checkpoint=str(ckpt), num_classes=cfg.num_classes, adapter_channels=16,
-                           adapter_layers=3, max_resolution=32, lr=1e-3, warmup_steps=20)
+    adapter = AdapterStage(stage1_checkpoint=str(ckpt), num_classes=cfg.num_classes, **QUICKSTART_ADAPTER,
+                           lr=1e-3, warmup_steps=20)
     return {
         "stage1_structure_only": _runner(structure_only),
         "stage1_augmented": _runner(augmented),
