@@ -47,6 +47,8 @@ def test_quickstart_fit_writes_checkpoint_config_samples_and_events(tmp_path, mo
     assert "runs/quickstart/stage1/checkpoints" in dirpaths
     ckpt = read_checkpoint(run / "checkpoints/last.ckpt", expect_stage="generation")
     assert ckpt["amlight"]["hparams"]["num_classes"] == 10  # linked from the synthetic dataset
+    # the tiny preset's checkpoint: trained parts only, no VAE or text encoder (nor its prompt embedding)
+    assert {k.split(".")[1] for k in ckpt["state_dict"]} == {"unet", "guidance"}
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000002.png", "step_000004.png"]
     assert list(run.glob("events.out.tfevents.*"))
     # the synthetic data was generated on first use, where the config says
