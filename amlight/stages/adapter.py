@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -12,9 +11,10 @@ from amlight.modules.adapter import AMAdapter
 from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups
 from amlight.pipeline.ddim_sampler import ddim_sample
 from amlight.stages.checkpoints import FORMAT_VERSION, plain
+from amlight.stages.denoising_stage import DenoisingStage
 
 
-class AdapterStage(L.LightningModule):
+class AdapterStage(DenoisingStage):
     """Args:
         stage1_checkpoint: the GenerationStage checkpoint whose UNet and structure guidance stay frozen.
         num_classes, ignore_index: linked from the data by the CLI; must match stage 1's.
@@ -93,16 +93,6 @@ class AdapterStage(L.LightningModule):
         target = bb.training_target(self.train_scheduler, latents, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.denoising_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.denoising_loss(batch, generator=torch.Generator().manual_seed(1000 + batch_idx))
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
-        return loss
-
     @torch.no_grad()
     def generate(self, batch: dict, attention: str = "adapter", steps: int | None = None,
                  guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
@@ -116,13 +106,6 @@ class AdapterStage(L.LightningModule):
             guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale,
             groups=hp.attention_blocks, seed=seed, adapter=self.adapter,
         )
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        warmup = max(1, hp.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["amlight"] = {

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
@@ -12,11 +11,12 @@ from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, check_g
 from amlight.modules.exemplar_unet import build_exemplar_unet
 from amlight.pipeline.ddim_sampler import ddim_sample
 from amlight.stages.checkpoints import FORMAT_VERSION, plain
+from amlight.stages.denoising_stage import DenoisingStage
 
 Trainable = Literal["all", "attention", "guidance"]
 
 
-class GenerationStage(L.LightningModule):
+class GenerationStage(DenoisingStage):
     """Args:
         num_classes, ignore_index: of the label maps (the CLI links them from the DataModule).
         backbone, backbone_path, backbone_options, prompt, seed: which frozen backbone (see amlight.backbone).
@@ -118,17 +118,6 @@ class GenerationStage(L.LightningModule):
         target = bb.training_target(self.train_scheduler, latents, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.denoising_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        # Fixed noise and timesteps per batch: the validation loss is comparable across epochs.
-        loss = self.denoising_loss(batch, generator=torch.Generator().manual_seed(1000 + batch_idx))
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
-        return loss
-
     @torch.no_grad()
     def generate(self, batch: dict, attention: str | None = None, steps: int | None = None,
                  guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
@@ -143,14 +132,6 @@ class GenerationStage(L.LightningModule):
             guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale,
             groups=hp.attention_blocks, seed=seed,
         )
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        warmup = max(1, hp.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A plain record next to Lightning's own keys: enough to rebuild the model with weights_only loading.

@@ -1,0 +1,29 @@
+"""What both stages share: the loop around their ``denoising_loss`` and the warm-up optimiser."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+
+class DenoisingStage(L.LightningModule):
+    """Subclasses define ``denoising_loss(batch, generator=None)`` and save ``lr``, ``weight_decay``
+    and ``warmup_steps`` as hyper-parameters; every trainable parameter is optimised."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.denoising_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        # Fixed noise and timesteps per batch: the validation loss is comparable across epochs.
+        loss = self.denoising_loss(batch, generator=torch.Generator().manual_seed(1000 + batch_idx))
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        warmup = max(1, hp.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
