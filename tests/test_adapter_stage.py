@@ -107,3 +107,33 @@ def test_label_space_must_match_stage1(stage1_ckpt):
 def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         AdapterStage(str(tmp_path / "nope.ckpt"))
+
+
+def test_checkpointed_adapter_attention_keeps_no_full_logits_and_same_gradients(stage1_ckpt):
+    # Training with the adapter must not keep every layer's (B, heads, N, 2N) probabilities for backward.
+    b = _batch()
+    load_stage1(stage1_ckpt)  # loaded (and cached) before seeding: loading draws random numbers
+
+    def run(checkpoint_attention):
+        torch.manual_seed(0)  # same adapter weights in both runs
+        stage = AdapterStage(str(stage1_ckpt), checkpoint_attention=checkpoint_attention)
+        _perturb(stage.adapter)
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = stage.denoising_loss(b, generator=torch.Generator().manual_seed(3))
+        loss.backward()
+        grads = [p.grad.clone() for p in stage.adapter.parameters()]
+        return sizes, grads, len(stage.stage1.model.self_attention_layers)
+
+    plain_sizes, plain_grads, layers = run(False)
+    ckpt_sizes, ckpt_grads, _ = run(True)
+    full_probs = 2 * 2 * 64 * 128  # batch 2, 2 heads, the 8x8 layers: N = 64 target x 2N keys
+    assert plain_sizes.count(full_probs) >= layers  # one per adapter layer without checkpointing...
+    assert ckpt_sizes.count(full_probs) == 0  # ...none kept with it
+    for a, c in zip(plain_grads, ckpt_grads):
+        assert torch.allclose(a, c, atol=1e-6)

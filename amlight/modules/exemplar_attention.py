@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from amlight.modules.attention_modes import group_of
@@ -72,7 +73,10 @@ class ExemplarAttnProcessor:
         mask = ctx.cross_mask(size, batch, hidden_states.device)
         explicit = (ctx.attention == "adapter" and ctx.adapter is not None) or ctx.recorder is not None
         if explicit:
-            out = self._explicit(q, k, v, kx, vx, attn.scale, mask, size, ctx)
+            if ctx.checkpoint_attention and torch.is_grad_enabled():
+                out = checkpoint(self._explicit, q, k, v, kx, vx, attn.scale, mask, size, ctx, use_reentrant=False)
+            else:
+                out = self._explicit(q, k, v, kx, vx, attn.scale, mask, size, ctx)
         else:
             full_mask = None
             if mask is not None:

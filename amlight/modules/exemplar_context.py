@@ -39,6 +39,9 @@ class ExemplarContext:
     ignore_index: int = 255
     adapter: Callable | None = None  # adapter(group, logits, cost, size) -> logit refinement
     recorder: Callable | None = None  # recorder(layer, probs_cross, size, ctx) for attention maps
+    # Recompute the explicit (adapter) attention in backward instead of keeping each layer's
+    # (B, heads, N, 2N) probabilities for it: training then holds one layer's logits at a time.
+    checkpoint_attention: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):

@@ -74,6 +74,7 @@ class ExemplarUNet(nn.Module):
         exemplar_index: torch.Tensor | None = None,
         adapter: Callable | None = None,
         recorder: Callable | None = None,
+        checkpoint_attention: bool = False,
     ) -> torch.Tensor:
         """The generation branch: predicted noise for ``latents`` drawn as ``labels``.
 
@@ -95,6 +96,7 @@ class ExemplarUNet(nn.Module):
                 ignore_index=self.ignore_index,
                 adapter=adapter,
                 recorder=recorder,
+                checkpoint_attention=checkpoint_attention,
             )
         return self._run(latents, timesteps, labels, prompt_embeds, ctx)
 

@@ -20,6 +20,8 @@ class AdapterStage(DenoisingStage):
         num_classes, ignore_index: linked from the data by the CLI; must match stage 1's.
         adapter_channels, adapter_layers, kernel_size, max_resolution: the adapter's 4D conv stack phi.
         attention_blocks: block groups whose self-attention reads the exemplar (and gets the adapter).
+        checkpoint_attention: recompute each adapter attention layer in backward, so that training holds
+            one layer's (heads, N, 2N) logits at a time instead of all of them (slower; for SD sizes).
         sample_steps, sample_guidance_scale: the DDIM sampler of validation grids.
     """
 
@@ -33,6 +35,7 @@ class AdapterStage(DenoisingStage):
         kernel_size: int = 3,
         max_resolution: int = 32,
         attention_blocks: list[str] = list(BLOCK_GROUPS),
+        checkpoint_attention: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 50,
@@ -89,6 +92,7 @@ class AdapterStage(DenoisingStage):
             self.train_scheduler.add_noise(latents, noise, t), t, batch["labels"], prompt, bank=bank,
             exemplar_labels=batch["exemplar_labels"], attention="adapter",
             groups=self.hparams.attention_blocks, adapter=self.adapter,
+            checkpoint_attention=self.hparams.checkpoint_attention,
         )
         target = bb.training_target(self.train_scheduler, latents, noise, t)
         return F.mse_loss(pred.float(), target.float())
