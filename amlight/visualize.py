@@ -1,14 +1,13 @@
 """Turning tensors into images people can look at: label colouring, grids, atomic PNG writes."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from amlight.atomic_write import atomic_write
 from amlight.data.registry import DatasetMetadata
 
 
@@ -54,15 +53,5 @@ def column_grid(columns: list[torch.Tensor], pad: int = 2, upscale: int = 1) -> 
 
 def save_png(image: torch.Tensor | np.ndarray, path: str | Path) -> Path:
     """Write a uint8 (3, H, W) tensor or (H, W, 3) array as PNG, atomically (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = image.permute(1, 2, 0).cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 DEFAULT_OUT = "runs/benchmarks/train.json"
@@ -56,20 +54,9 @@ _positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    # Written next to the target and renamed: a reader never sees half a file, even if we are killed.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a plain open() would not
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from amlight.atomic_write import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def main(argv: list[str] | None = None) -> int:

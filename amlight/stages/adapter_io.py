@@ -7,14 +7,13 @@ checkpoint warns; an adapter that does not fit the model (other head count, othe
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from amlight.atomic_write import atomic_write
 from amlight.backbone.stage1_model import Stage1Model
 from amlight.modules.adapter import AMAdapter
 from amlight.stages.checkpoints import CheckpointError, read_checkpoint
@@ -33,16 +32,8 @@ def export_adapter(checkpoint: str | Path, out: str | Path) -> Path:
         "adapter_config": json.dumps(record["adapter"]),
         "stage1": json.dumps(record.get("stage1", {})),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in _adapter_state(ckpt).items()}, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    state = {k: v.contiguous() for k, v in _adapter_state(ckpt).items()}
+    out = atomic_write(out, lambda tmp: save_file(state, tmp, metadata=metadata))
     return out
 
 
