@@ -89,3 +89,15 @@ def save_stage1_checkpoint(path, num_classes=5, seed=0, **kw):
 @pytest.fixture(scope="session")
 def stage1_ckpt(tmp_path_factory):
     return save_stage1_checkpoint(tmp_path_factory.mktemp("stage1") / "stage1.ckpt")
+
+
+def make_batch(n=2, size=16, classes=5, seed=0):
+    """A random training batch: target and exemplar images in [-1, 1], the exemplar's labels mirrored."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n, size, size), generator=g)
+    return {
+        "image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
+        "labels": labels,
+        "exemplar_image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
+        "exemplar_labels": labels.flip(-1),
+    }

@@ -8,18 +8,7 @@ from amlight.stages import AdapterStage
 from amlight.stages.adapter_io import export_adapter, load_adapter
 from amlight.stages.checkpoints import CheckpointError, read_checkpoint
 
-from conftest import TINY_OPTIONS, save_stage1_checkpoint
-
-
-def _batch(n=2, size=16, classes=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, classes, (n, size, size), generator=g)
-    return {
-        "image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
-        "labels": labels,
-        "exemplar_image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
-        "exemplar_labels": labels.flip(-1),
-    }
+from conftest import make_batch, TINY_OPTIONS, save_stage1_checkpoint
 
 
 def _perturb(adapter):
@@ -31,7 +20,7 @@ def _perturb(adapter):
 def test_adapter_at_init_equals_augmented_attention(stage1_ckpt):
     stage = AdapterStage(str(stage1_ckpt))
     model, bb, adapter = stage.probe_parts()
-    b = _batch()
+    b = make_batch()
     t = torch.tensor([300, 700])
     prompt = bb.prompt_batch(2)
     with torch.no_grad():
@@ -52,7 +41,7 @@ def test_only_the_adapter_trains_and_frozen_parts_stay_bit_identical(stage1_ckpt
     assert [n for n, _ in stage.named_parameters()] == [f"adapter.{n}" for n in adapter_before]
     opt = stage.configure_optimizers()["optimizer"]
     for step in range(3):
-        loss = stage.denoising_loss(_batch(seed=step))
+        loss = stage.denoising_loss(make_batch(seed=step))
         opt.zero_grad()
         loss.backward()
         assert all(p.grad is None for p in stage.stage1.model.parameters())
@@ -111,7 +100,7 @@ def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path):
 
 def test_checkpointed_adapter_attention_keeps_no_full_logits_and_same_gradients(stage1_ckpt):
     # Training with the adapter must not keep every layer's (B, heads, N, 2N) probabilities for backward.
-    b = _batch()
+    b = make_batch()
     load_stage1(stage1_ckpt)  # loaded (and cached) before seeding: loading draws random numbers
 
     def run(checkpoint_attention):

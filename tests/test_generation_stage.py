@@ -4,18 +4,9 @@ import torch
 from amlight.stages import GenerationStage
 from amlight.stages.checkpoints import CheckpointError, read_checkpoint
 
+from conftest import make_batch
+
 TINY = {"sample_size": 16, "block_out_channels": [16, 32], "attention_heads": 2}
-
-
-def _batch(n=2, size=16, classes=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, classes, (n, size, size), generator=g)
-    return {
-        "image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
-        "labels": labels,
-        "exemplar_image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
-        "exemplar_labels": labels.flip(-1),
-    }
 
 
 def _stage(**kw):
@@ -25,7 +16,7 @@ def _stage(**kw):
 def test_training_reduces_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     stage = _stage(exemplar_dropout=0.0)
-    batch = _batch()
+    batch = make_batch()
     opt = torch.optim.AdamW([p for p in stage.parameters() if p.requires_grad], lr=2e-3)
     gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731 - same noise and t every step
     first = stage.denoising_loss(batch, generator=gen()).item()
@@ -41,7 +32,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch():
 def test_trainable_parts(trainable, unet_trains):
     stage = _stage(trainable=trainable)
     before = {n: p.detach().clone() for n, p in stage.model.unet.named_parameters()}
-    loss = stage.denoising_loss(_batch())
+    loss = stage.denoising_loss(make_batch())
     loss.backward()
     assert all(p.grad is not None for p in stage.model.guidance.parameters())
     unet_grads = {n for n, p in stage.model.unet.named_parameters() if p.grad is not None}
@@ -54,12 +45,12 @@ def test_trainable_parts(trainable, unet_trains):
 def test_appearance_branch_gets_no_gradient_unless_asked():
     # With appearance_grad False the bank is a constant: the loss must not depend on it through autograd.
     stage = _stage(exemplar_dropout=0.0)
-    batch = _batch()
+    batch = make_batch()
     batch["exemplar_image"].requires_grad_(True)
     stage.denoising_loss(batch).backward()
     assert batch["exemplar_image"].grad is None
     stage = _stage(exemplar_dropout=0.0, appearance_grad=True)
-    batch = _batch()
+    batch = make_batch()
     batch["exemplar_image"].requires_grad_(True)
     stage.denoising_loss(batch).backward()
     assert batch["exemplar_image"].grad is not None and batch["exemplar_image"].grad.abs().sum() > 0
@@ -67,7 +58,7 @@ def test_appearance_branch_gets_no_gradient_unless_asked():
 
 def test_generate_is_seeded_and_uses_the_exemplar():
     stage = _stage().eval()
-    batch = _batch()
+    batch = make_batch()
     a = stage.generate(batch, steps=3, seed=1)
     b = stage.generate(batch, steps=3, seed=1)
     c = stage.generate(batch, steps=3, seed=2)
@@ -85,7 +76,7 @@ def test_sd15_stage1_checkpoint_holds_no_frozen_weights(tiny_sd15_dir, tmp_path)
     import lightning as L
 
     stage = GenerationStage(num_classes=5, backbone="sd15", backbone_path=str(tiny_sd15_dir), guidance_channels=16)
-    batch = _batch(size=16)
+    batch = make_batch(size=16)
     loss = stage.denoising_loss(batch)  # the VAE path works end to end
     assert torch.isfinite(loss)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)

@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from amlight.commands import parse_or_exit_code
+
 DEFAULT_OUT = "runs/benchmarks/train.json"
 
 
@@ -61,10 +63,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and usage errors (2); callers want a code
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_or_exit_code(parser, argv)
+    if isinstance(args, int):
+        return args
     if args.benchmark is None:
         parser.print_help(sys.stderr)
         return 2

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from amlight.commands import parse_or_exit_code
+
 
 def build_parser() -> argparse.ArgumentParser:
     from amlight.data.synthetic import DEFAULT_PARAMS
@@ -46,10 +48,9 @@ def _non_negative(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and usage errors (2); callers want a code
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_or_exit_code(parser, argv)
+    if isinstance(args, int):
+        return args
 
     from pathlib import Path
 
