@@ -59,12 +59,17 @@ class CenterPivotConv4d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
 
 
+def _is_identity(x: torch.Tensor, factor: int, where: str) -> bool:
+    """Validate a (un)pooling call; True when factor 1 makes it a no-op."""
+    _check_volume(x, where)
+    if factor < 1:
+        raise ValueError(f"{where} factor must be >= 1, got {factor}")
+    return factor == 1
+
+
 def pool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Average over factor x factor target and factor x factor exemplar neighbourhoods."""
-    _check_volume(x, "pool4d")
-    if factor < 1:
-        raise ValueError(f"pool4d factor must be >= 1, got {factor}")
-    if factor == 1:
+    if _is_identity(x, factor, "pool4d"):
         return x
     dims = tuple(x.shape[2:])
     if any(d % factor for d in dims):
@@ -81,10 +86,7 @@ def pool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 def unpool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Nearest upsampling in 4D: the inverse layout of :func:`pool4d` (each entry fills its neighbourhood)."""
-    _check_volume(x, "unpool4d")
-    if factor < 1:
-        raise ValueError(f"unpool4d factor must be >= 1, got {factor}")
-    if factor == 1:
+    if _is_identity(x, factor, "unpool4d"):
         return x
     b, c, h1, w1, h2, w2 = x.shape
     f = factor

@@ -11,7 +11,7 @@ from amlight.modules.adapter import AMAdapter
 from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups
 from amlight.pipeline.ddim_sampler import ddim_sample
 from amlight.stages.checkpoints import FORMAT_VERSION, plain
-from amlight.stages.denoising_stage import DenoisingStage
+from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
 
 
 class AdapterStage(DenoisingStage):
@@ -77,13 +77,8 @@ class AdapterStage(DenoisingStage):
         ex_latents = bb.encode(batch["exemplar_image"])
         batch_size = latents.shape[0]
         T = self.train_scheduler.config.num_train_timesteps
-        if generator is None:
-            t = torch.randint(0, T, (batch_size,), device=self.device)
-            noise, ex_noise = torch.randn_like(latents), torch.randn_like(ex_latents)
-        else:
-            t = torch.randint(0, T, (batch_size,), generator=generator).to(self.device)
-            noise = torch.randn(latents.shape, generator=generator).to(latents)
-            ex_noise = torch.randn(ex_latents.shape, generator=generator).to(ex_latents)
+        t = random_timesteps(T, batch_size, self.device, generator)
+        noise, ex_noise = randn_like(latents, generator), randn_like(ex_latents, generator)
         prompt = bb.prompt_batch(batch_size).to(latents)
         with torch.no_grad():  # the appearance branch is frozen and needs no graph
             bank = model.write_bank(self.train_scheduler.add_noise(ex_latents, ex_noise, t), t,

@@ -27,3 +27,16 @@ class DenoisingStage(L.LightningModule):
         warmup = max(1, hp.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def randn_like(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Noise shaped like ``like``; drawn on the CPU from ``generator`` when given (reproducible anywhere)."""
+    if generator is None:
+        return torch.randn_like(like)
+    return torch.randn(like.shape, generator=generator).to(like)
+
+
+def random_timesteps(high: int, n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.randint(0, high, (n,), device=device)
+    return torch.randint(0, high, (n,), generator=generator).to(device)

@@ -11,7 +11,7 @@ from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, check_g
 from amlight.modules.exemplar_unet import build_exemplar_unet
 from amlight.pipeline.ddim_sampler import ddim_sample
 from amlight.stages.checkpoints import FORMAT_VERSION, plain
-from amlight.stages.denoising_stage import DenoisingStage
+from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
 
 Trainable = Literal["all", "attention", "guidance"]
 
@@ -98,15 +98,15 @@ class GenerationStage(DenoisingStage):
         batch_size = latents.shape[0]
         T = self.train_scheduler.config.num_train_timesteps
 
-        t = _randint(T, batch_size, self.device, generator)
-        noise = _randn(latents, generator)
+        t = random_timesteps(T, batch_size, self.device, generator)
+        noise = randn_like(latents, generator)
         noisy = self.train_scheduler.add_noise(latents, noise, t)
         prompt = bb.prompt_batch(batch_size).to(latents)
         bank, keep = None, None
         if self.uses_exemplar:
             ex_latents = bb.encode(batch["exemplar_image"])
             # The exemplar is noised to the same timestep as the target, with its own noise.
-            ex_noisy = self.train_scheduler.add_noise(ex_latents, _randn(ex_latents, generator), t)
+            ex_noisy = self.train_scheduler.add_noise(ex_latents, randn_like(ex_latents, generator), t)
             with torch.set_grad_enabled(hp.appearance_grad and torch.is_grad_enabled()):
                 bank = self.model.write_bank(ex_noisy, t, batch["exemplar_labels"], prompt)
             if hp.exemplar_dropout > 0 and self.training:
@@ -142,14 +142,3 @@ class GenerationStage(DenoisingStage):
             "hparams": plain(dict(self.hparams)),
         }
 
-
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    if generator is None:
-        return torch.randn_like(like)
-    return torch.randn(like.shape, generator=generator).to(like)
-
-
-def _randint(high: int, n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-    if generator is None:
-        return torch.randint(0, high, (n,), device=device)
-    return torch.randint(0, high, (n,), generator=generator).to(device)
