@@ -78,18 +78,36 @@ class ExemplarAttnProcessor:
             else:
                 out = self._explicit(q, k, v, kx, vx, attn.scale, mask, size, ctx)
         else:
-            full_mask = None
-            if mask is not None:
-                self_part = torch.ones(batch, n, n, dtype=torch.bool, device=mask.device)
-                full_mask = torch.cat([self_part, mask], dim=-1)[:, None]
-            out = F.scaled_dot_product_attention(
-                q, torch.cat([k, kx], dim=2), torch.cat([v, vx], dim=2), attn_mask=full_mask, scale=attn.scale
-            )
+            out = self._sdpa(q, k, v, kx, vx, attn.scale, mask, ctx)
         out = out.transpose(1, 2).reshape(batch, n, -1).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+    def _sdpa(self, q, k, v, kx, vx, scale, mask, ctx: ExemplarContext) -> torch.Tensor:
+        batch, n = q.shape[0], q.shape[2]
+        bias = ctx.strength_bias
+        chunk = ctx.query_chunk or n
+        keys, values = torch.cat([k, kx], dim=2), torch.cat([v, vx], dim=2)
+        outs = []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            full_mask = None
+            if mask is not None or bias != 0.0:
+                cross = mask[:, start:stop] if mask is not None else torch.ones(
+                    batch, stop - start, kx.shape[2], dtype=torch.bool, device=q.device)
+                self_part = torch.ones(batch, stop - start, n, dtype=torch.bool, device=q.device)
+                if bias == 0.0:
+                    full_mask = torch.cat([self_part, cross], dim=-1)[:, None]
+                else:  # an additive float mask carries the strength bias and the -inf of masked pairs
+                    zeros = torch.zeros(self_part.shape, dtype=q.dtype, device=q.device)
+                    cross_bias = torch.full(cross.shape, bias, dtype=q.dtype, device=q.device)
+                    cross_bias = cross_bias.masked_fill(~cross, float("-inf"))
+                    full_mask = torch.cat([zeros, cross_bias], dim=-1)[:, None]
+            outs.append(F.scaled_dot_product_attention(
+                q[:, :, start:stop], keys, values, attn_mask=full_mask, scale=scale))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _explicit(self, q, k, v, kx, vx, scale, mask, size, ctx: ExemplarContext) -> torch.Tensor:
         # Materialises this layer's logits (B, heads, N, 2N); only one layer's exist at a time.
@@ -97,6 +115,8 @@ class ExemplarAttnProcessor:
         logits_cross = torch.matmul(q, kx.transpose(-1, -2)) * scale
         if ctx.attention == "adapter" and ctx.adapter is not None:
             logits_cross = logits_cross + ctx.adapter(self.group, logits_cross.detach(), ctx.cost(size), size)
+        if ctx.strength_bias != 0.0:
+            logits_cross = logits_cross + ctx.strength_bias
         if mask is not None:
             logits_cross = logits_cross.masked_fill(~mask[:, None], float("-inf"))
         probs = torch.softmax(torch.cat([logits_self, logits_cross], dim=-1).float(), dim=-1).to(q.dtype)

@@ -42,10 +42,22 @@ class ExemplarContext:
     # Recompute the explicit (adapter) attention in backward instead of keeping each layer's
     # (B, heads, N, 2N) probabilities for it: training then holds one layer's logits at a time.
     checkpoint_attention: bool = False
+    # Appearance strength s: every exemplar token's unnormalised attention weight is multiplied by s
+    # (a log(s) bias on the exemplar logits). 1 is the method as trained; 0 ignores the exemplar
+    # (plain self-attention); above 1 copies the exemplar more eagerly at the expense of structure.
+    appearance_strength: float = 1.0
+    # Memory: compute the (mask-based) attention over target queries in chunks of this many tokens,
+    # so a layer never holds more than chunk x 2N logits. The adapter needs whole logit volumes for
+    # its 4D convolution, so adapter layers are not chunked.
+    query_chunk: int | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_mode(self.attention)
+        if not (self.appearance_strength >= 0 and math.isfinite(self.appearance_strength)):
+            raise ValueError(f"appearance_strength must be a finite number >= 0, got {self.appearance_strength}")
+        if self.query_chunk is not None and self.query_chunk < 1:
+            raise ValueError(f"query_chunk must be a positive number of tokens, got {self.query_chunk}")
         self.groups = check_groups(self.groups)
         if self.mode == "read" and self.attention in ("hard_mask", "adapter"):
             if self.target_labels is None or self.exemplar_labels is None:
@@ -61,7 +73,13 @@ class ExemplarContext:
         return h, w
 
     def reads(self, layer: str, group: str) -> bool:
-        return self.mode == "read" and group in self.groups and layer in self.features
+        return (self.mode == "read" and group in self.groups and layer in self.features
+                and self.appearance_strength > 0)
+
+    @property
+    def strength_bias(self) -> float:
+        """The logit bias that realises ``appearance_strength`` (0 for the trained behaviour)."""
+        return math.log(self.appearance_strength)
 
     def bank_for(self, layer: str) -> torch.Tensor:
         bank = self.features[layer]

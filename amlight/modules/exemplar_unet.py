@@ -75,10 +75,16 @@ class ExemplarUNet(nn.Module):
         adapter: Callable | None = None,
         recorder: Callable | None = None,
         checkpoint_attention: bool = False,
+        match_labels: torch.Tensor | None = None,
+        appearance_strength: float = 1.0,
+        query_chunk: int | None = None,
     ) -> torch.Tensor:
         """The generation branch: predicted noise for ``latents`` drawn as ``labels``.
 
         ``attention="structure_only"`` or no bank: plain self-attention, the exemplar is not used.
+        ``match_labels``: the labels the categorical cost compares with ``exemplar_labels`` when they
+        differ from the structure labels (one-to-one mapping gives linked regions a label of their
+        own); defaults to ``labels``.
         """
         check_mode(attention)
         ctx = None
@@ -89,7 +95,7 @@ class ExemplarUNet(nn.Module):
                 features=bank,
                 attention=attention,
                 groups=frozenset(groups),
-                target_labels=labels,
+                target_labels=labels if match_labels is None else match_labels,
                 exemplar_labels=exemplar_labels,
                 exemplar_index=exemplar_index,
                 exemplar_keep=exemplar_keep,
@@ -97,6 +103,8 @@ class ExemplarUNet(nn.Module):
                 adapter=adapter,
                 recorder=recorder,
                 checkpoint_attention=checkpoint_attention,
+                appearance_strength=appearance_strength,
+                query_chunk=query_chunk,
             )
         return self._run(latents, timesteps, labels, prompt_embeds, ctx)
 

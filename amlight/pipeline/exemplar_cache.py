@@ -19,7 +19,9 @@ Bank = dict[str, torch.Tensor]
 class ExemplarBanks:
     timesteps: torch.Tensor  # (steps,) sampling order, highest first
     banks: list[Bank]  # banks[i]: layer -> (Bx, tokens, channels) at timesteps[i]
-    exemplar_labels: torch.Tensor  # (Bx, H, W)
+    # (Bx, H, W): the labels the categorical cost reads (the match labels of a one-to-one mapping,
+    # otherwise the exemplar's own labels)
+    exemplar_labels: torch.Tensor
     latent_size: tuple[int, int]
     unet_calls: int = 0  # batched UNet calls spent building these banks (inversion + bank writing)
     unet_rows: int = 0  # the same in sample rows
@@ -42,6 +44,12 @@ def _model_device_dtype(model, fallback: torch.Tensor) -> tuple[torch.device, to
     return (fallback.device, fallback.dtype) if param is None else (param.device, param.dtype)
 
 
+def _check_match(match_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if tuple(match_labels.shape) != tuple(labels.shape):
+        raise ValueError(f"match labels have shape {tuple(match_labels.shape)}, the exemplar labels {tuple(labels.shape)}")
+    return match_labels
+
+
 @torch.no_grad()
 def build_exemplar_banks(
     model,
@@ -50,8 +58,12 @@ def build_exemplar_banks(
     exemplar_labels: torch.Tensor,
     steps: int = 20,
     seed: int = 0,
+    match_labels: torch.Tensor | None = None,
 ) -> ExemplarBanks:
     """Encode, DDIM-invert and write the banks of ``exemplar_images`` (Bx, 3, H, W) in [-1, 1].
+
+    Structure guidance reads ``exemplar_labels``; the categorical cost later reads ``match_labels``
+    when given (same shape: one-to-one mapping), else ``exemplar_labels``.
 
     Costs 2 * ``steps`` batched UNet calls over the Bx exemplars, whatever the number of targets.
     """
@@ -74,7 +86,7 @@ def build_exemplar_banks(
     return ExemplarBanks(
         timesteps=timesteps,
         banks=banks,
-        exemplar_labels=labels,
+        exemplar_labels=labels if match_labels is None else _check_match(match_labels, labels).to(device),
         latent_size=tuple(latents.shape[-2:]),
         unet_calls=calls,
         unet_rows=calls * batch,

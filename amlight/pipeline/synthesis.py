@@ -11,8 +11,9 @@ guidance weights (1 - s, s) sum to one: combining outputs is exactly combining e
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
@@ -22,30 +23,61 @@ from amlight.pipeline.exemplar_cache import ExemplarBanks, build_exemplar_banks
 
 
 class AMPipeline:
-    def __init__(self, model, backbone: Backbone, adapter=None):
+    def __init__(self, model, backbone: Backbone, adapter=None, attention_chunk: int | None = None):
         self.model = model
         self.backbone = backbone
         self.adapter = adapter
+        # Memory option: target queries per chunk in mask-based exemplar attention (None: all at once).
+        self.attention_chunk = attention_chunk
         # Work done by __call__ (accumulated): batched UNet calls and sample rows they evaluated.
         self.unet_calls = 0
         self.unet_rows = 0
 
     @classmethod
     def from_checkpoints(
-        cls, stage1_path: str | Path, adapter_path: str | Path | None = None, device: str | torch.device | None = None
+        cls,
+        stage1_path: str | Path,
+        adapter_path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        attention_chunk: int | None = None,
     ) -> "AMPipeline":
+        """A pipeline on a stage-1 checkpoint and (optionally) an adapter file or stage-2 checkpoint.
+
+        ``dtype`` (e.g. torch.bfloat16 on a GPU) casts the UNet, guidance, adapter and VAE. The stage-1
+        model is shared with every other user of ``load_stage1`` in this process, so the cast and move
+        apply to them too.
+        """
         from amlight.backbone.stage1_model import load_stage1
         from amlight.stages.adapter_io import load_adapter
 
         stage1 = load_stage1(stage1_path)
-        if device is not None:
-            stage1.to(device)
+        if device is not None or dtype is not None:
+            target = torch.device(device) if device is not None else stage1.backbone.device
+            stage1.model.to(device=target, dtype=dtype)
+            stage1.backbone.to(target, dtype)
         adapter = None
         if adapter_path is not None:
             adapter = load_adapter(adapter_path, stage1)
-            if device is not None:
-                adapter = adapter.to(device)
-        return cls(stage1.model, stage1.backbone, adapter)
+            param = next(stage1.model.parameters())
+            adapter = adapter.to(device=param.device, dtype=param.dtype)
+        return cls(stage1.model, stage1.backbone, adapter, attention_chunk=attention_chunk)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.guidance.num_classes)
+
+    @property
+    def ignore_index(self) -> int:
+        return int(self.model.ignore_index)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """The image size (H, W) the backbone was built for."""
+        size = self.model.unet.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else size
+        f = self.backbone.latent_downsample
+        return int(h) * f, int(w) * f
 
     @property
     def device(self) -> torch.device:
@@ -60,8 +92,9 @@ class AMPipeline:
         self.unet_rows = 0
 
     def build_banks(self, exemplar_images: torch.Tensor, exemplar_labels: torch.Tensor, steps: int = 20,
-                    seed: int = 0) -> ExemplarBanks:
-        return build_exemplar_banks(self.model, self.backbone, exemplar_images, exemplar_labels, steps, seed=seed)
+                    seed: int = 0, match_labels: torch.Tensor | None = None) -> ExemplarBanks:
+        return build_exemplar_banks(self.model, self.backbone, exemplar_images, exemplar_labels, steps, seed=seed,
+                                    match_labels=match_labels)
 
     def _index(self, exemplar_index, banks: ExemplarBanks, n: int, device) -> torch.Tensor:
         if exemplar_index is None:
@@ -87,13 +120,23 @@ class AMPipeline:
         exemplar_index: torch.Tensor | None = None,
         mode: str = "adapter",
         guidance_scale: float = 3.0,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         groups: Iterable[str] = BLOCK_GROUPS,
         steps: int | None = None,
+        appearance_strength: float = 1.0,
+        target_match_labels: torch.Tensor | None = None,
+        batch_size: int | None = None,
     ) -> torch.Tensor:
         """Images in [-1, 1] (N, 3, H, W) drawing ``target_labels`` (N, H, W).
 
         The schedule is the banks' (``steps`` only matters for ``structure_only`` without banks).
+        ``seed``: one int (every target starts from the noise of ``Generator().manual_seed(seed)``)
+        or one seed per target. Either way a target's image does not depend on which other targets
+        share its batch, so ``batch_size`` (targets per UNet call, None: all) only trades memory for
+        speed, and a resumed run redraws exactly the images it skipped.
+        ``appearance_strength``: see :class:`~amlight.modules.exemplar_context.ExemplarContext`.
+        ``target_match_labels``: what the categorical cost compares with the banks' labels (one-to-one
+        mapping); defaults to ``target_labels``.
         """
         check_mode(mode)
         groups = check_groups(groups)
@@ -102,11 +145,19 @@ class AMPipeline:
             raise ValueError(f"mode {mode!r} needs exemplar banks (build_exemplar_banks or generate)")
         if mode == "adapter" and self.adapter is None:
             raise ValueError("mode 'adapter' needs an adapter: pass adapter_path / adapter, or pick 'augmented'")
-        device, dtype = self.device, self.dtype
+        if target_labels.ndim != 3:
+            raise ValueError(f"target_labels must be (N, H, W), got shape {tuple(target_labels.shape)}")
+        device = self.device
         labels = target_labels.to(device)
+        match = labels if target_match_labels is None else target_match_labels.to(device)
+        if match.shape != labels.shape:
+            raise ValueError(f"target_match_labels {tuple(match.shape)} and target_labels {tuple(labels.shape)} differ")
         n, (height, width) = labels.shape[0], labels.shape[-2:]
         f = self.backbone.latent_downsample
+        if height % f or width % f:
+            raise ValueError(f"image size {height}x{width} is not a multiple of the backbone's {f}-pixel latent cells")
         latent_size = (height // f, width // f)
+        seeds = _per_target_seeds(seed, n)
 
         if banks is not None:
             if steps is not None and steps != banks.steps:
@@ -118,27 +169,43 @@ class AMPipeline:
         if banks is not None and not torch.equal(scheduler.timesteps.cpu(), banks.timesteps.cpu()):
             raise ValueError("the banks were built on another schedule than this backbone's sampler")
 
-        index = exemplar_labels = None
+        index = None
         if use_bank:
             if tuple(banks.latent_size) != latent_size:
                 raise ValueError(f"targets have latent size {latent_size}, the exemplar banks {tuple(banks.latent_size)}")
             index = self._index(exemplar_index, banks, n, device)
-            exemplar_labels = banks.exemplar_labels.to(device)
+            _warn_uncovered(match, banks.exemplar_labels.to(device)[index], self.ignore_index)
 
-        generator = torch.Generator().manual_seed(seed)
-        x = torch.randn((n, self.backbone.latent_channels, *latent_size), generator=generator).to(device, dtype)
+        chunk = n if not batch_size else int(batch_size)
+        images = []
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            images.append(self._denoise(
+                scheduler, labels[rows], match[rows], seeds[rows], banks, None if index is None else index[rows],
+                mode, guidance_scale, groups, appearance_strength, latent_size,
+            ))
+        return torch.cat(images)
+
+    def _denoise(self, scheduler, labels, match, seeds, banks, index, mode, guidance_scale, groups,
+                 appearance_strength, latent_size) -> torch.Tensor:
+        device, dtype = self.device, self.dtype
+        n = labels.shape[0]
+        use_bank = index is not None
+        shape = (1, self.backbone.latent_channels, *latent_size)
+        x = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device, dtype)
         cond = self.backbone.prompt_batch(n).to(device, dtype)
         cfg = guidance_scale != 1.0
         if cfg:
             uncond = self.backbone.prompt_batch(n, negative=True).to(device, dtype)
             prompt = torch.cat([uncond, cond])
-            row_labels = torch.cat([labels, labels])
+            row_labels, row_match = torch.cat([labels, labels]), torch.cat([match, match])
             keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(device)
             # Unconditional rows still need a valid bank row to gather; their exemplar part is masked.
             row_index = None if index is None else torch.cat([index, index])
         else:
-            prompt, row_labels, keep, row_index = cond, labels, None, index
+            prompt, row_labels, row_match, keep, row_index = cond, labels, match, None, index
         adapter = self.adapter if mode == "adapter" else None
+        exemplar_labels = banks.exemplar_labels.to(device) if use_bank else None
 
         for i, t in enumerate(scheduler.timesteps):
             rows = torch.cat([x, x]) if cfg else x
@@ -147,6 +214,7 @@ class AMPipeline:
                 out = self.model(
                     rows, tt, row_labels, prompt, bank=banks.banks[i], exemplar_labels=exemplar_labels,
                     attention=mode, groups=groups, exemplar_keep=keep, exemplar_index=row_index, adapter=adapter,
+                    match_labels=row_match, appearance_strength=appearance_strength, query_chunk=self.attention_chunk,
                 )
             else:
                 out = self.model(rows, tt, row_labels, prompt)
@@ -166,8 +234,43 @@ class AMPipeline:
         exemplar_index: torch.Tensor | None = None,
         steps: int = 20,
         mode: str = "adapter",
+        exemplar_match_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """Build the exemplars' banks once, then draw every target with them."""
-        banks = None if mode == "structure_only" else self.build_banks(exemplar_images, exemplar_labels, steps)
+        """Build the exemplars' banks once, then draw every target with them (kwargs: see __call__)."""
+        banks = None
+        if mode != "structure_only":
+            banks = self.build_banks(exemplar_images, exemplar_labels, steps, match_labels=exemplar_match_labels)
         return self(target_labels, banks, exemplar_index, mode=mode, steps=steps, **kwargs)
+
+
+class UncoveredClassWarning(UserWarning):
+    """A target region whose class its exemplar lacks: nothing to copy there, it is drawn from the prior."""
+
+
+def uncovered_classes(target_labels, exemplar_labels, ignore_index: int = 255) -> list[int]:
+    """Classes of one target label map (H, W) that its exemplar's label map does not contain."""
+    target = set(torch.as_tensor(target_labels).unique().tolist())
+    exemplar = set(torch.as_tensor(exemplar_labels).unique().tolist())
+    return sorted(target - exemplar - {ignore_index})
+
+
+def _warn_uncovered(target_labels: torch.Tensor, exemplar_labels: torch.Tensor, ignore_index: int) -> None:
+    missing = {i: m for i in range(target_labels.shape[0])
+               if (m := uncovered_classes(target_labels[i], exemplar_labels[i], ignore_index))}
+    if missing:
+        listing = "; ".join(f"target {i}: {m}" for i, m in list(missing.items())[:8])
+        more = f" (and {len(missing) - 8} more targets)" if len(missing) > 8 else ""
+        warnings.warn(
+            f"{len(missing)} target(s) have classes their exemplar lacks ({listing}{more}): those regions have "
+            "nothing to copy and are drawn from the prior", UncoveredClassWarning, stacklevel=3,
+        )
+
+
+def _per_target_seeds(seed, n: int) -> list[int]:
+    if isinstance(seed, int):
+        return [seed] * n
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"{len(seeds)} seeds for {n} targets")
+    return seeds
