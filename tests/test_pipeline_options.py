@@ -159,3 +159,15 @@ def test_one_to_one_banks_keep_structure_labels(tiny_model, tiny_backbone):
 def test_pipeline_reports_its_model(tiny_model, tiny_backbone):
     pipe = AMPipeline(tiny_model, tiny_backbone)
     assert pipe.num_classes == 5 and pipe.ignore_index == 255 and pipe.resolution == (16, 16)
+
+
+def test_vae_may_live_on_another_device_than_the_latents(tiny_sd15_dir):
+    # Offloading keeps the VAE on the CPU: encode/decode must hand results back on the caller's
+    # device and dtype. On a CPU-only machine a dtype change stands in for the device change.
+    from amlight.backbone.presets import build_sd15
+
+    backbone = build_sd15(str(tiny_sd15_dir))
+    images = torch.rand(1, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    latents = backbone.encode(images, generator=torch.Generator().manual_seed(0))
+    assert latents.dtype == torch.float64 and latents.shape == (1, 4, 8, 8)
+    assert backbone.decode(latents).dtype == torch.float64

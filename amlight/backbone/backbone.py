@@ -75,16 +75,17 @@ class Backbone:
         """Images in [-1, 1], (B, 3, H, W) -> latents (B, C, H/f, W/f)."""
         if self.vae is None:
             return images
-        posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
-        return (posterior.sample(generator) * self.scaling_factor).to(images.dtype)
+        # The VAE may live on another device than the UNet (offloaded to the CPU to save GPU memory).
+        posterior = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
+        return (posterior.sample(generator) * self.scaling_factor).to(images.device, images.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1]."""
         if self.vae is None:
             return latents.clamp(-1, 1)
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
-        return images.to(latents.dtype).clamp(-1, 1)
+        images = self.vae.decode(latents.to(self.vae.device, self.vae.dtype) / self.scaling_factor).sample
+        return images.to(latents.device, latents.dtype).clamp(-1, 1)
 
     def prompt_batch(self, batch_size: int, negative: bool = False) -> torch.Tensor:
         embeds = self.negative_prompt_embeds if negative else self.prompt_embeds

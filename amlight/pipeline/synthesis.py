@@ -41,12 +41,15 @@ class AMPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         attention_chunk: int | None = None,
+        offload_vae: bool = False,
     ) -> "AMPipeline":
         """A pipeline on a stage-1 checkpoint and (optionally) an adapter file or stage-2 checkpoint.
 
-        ``dtype`` (e.g. torch.bfloat16 on a GPU) casts the UNet, guidance, adapter and VAE. The stage-1
-        model is shared with every other user of ``load_stage1`` in this process, so the cast and move
-        apply to them too.
+        Memory options for small GPUs: ``dtype`` (torch.bfloat16 / float16) casts the UNet, guidance,
+        adapter and VAE; ``attention_chunk`` computes mask-based exemplar attention a chunk of target
+        queries at a time; ``offload_vae`` keeps the VAE on the CPU (it runs only to encode exemplars
+        and decode results). The stage-1 model is shared with every other user of ``load_stage1`` in
+        this process, so the cast and move apply to them too.
         """
         from amlight.backbone.stage1_model import load_stage1
         from amlight.stages.adapter_io import load_adapter
@@ -56,6 +59,8 @@ class AMPipeline:
             target = torch.device(device) if device is not None else stage1.backbone.device
             stage1.model.to(device=target, dtype=dtype)
             stage1.backbone.to(target, dtype)
+        if offload_vae and stage1.backbone.vae is not None:
+            stage1.backbone.vae.to("cpu")
         adapter = None
         if adapter_path is not None:
             adapter = load_adapter(adapter_path, stage1)
