@@ -68,5 +68,5 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith("amlight.stages.")
+    assert printed["model"]["class_path"].startswith(("amlight.stages.", "amlight.pipeline."))
     assert printed["data"]["class_path"] == "amlight.data.ExemplarPairDataModule"

@@ -1,0 +1,453 @@
+"""``python -m amlight generate``: draw target label maps in the appearance of exemplars.
+
+Inputs, one of::
+
+    --exemplar IMG [IMG ...] --exemplar-labels LBL [...] --target-labels LBL [...]   every exemplar x target
+    --pairs pairs.json                                                               listed pairs
+    --target-labels LBL [...] --retrieve NAME_OR_DIR [--top-k K]                     retrieved exemplars
+
+Applications (METHOD.md part 9): ``--link EX_MASK:TGT_MASK`` (one-to-one mapping: this exemplar region
+lends its appearance to that target region; a side may be ``INSTANCE_PNG#ID``), ``--paint
+CLASS@x0,y0,x1,y1`` (segmentation editing: paint a box of the target labels with a class; without
+--target-labels the target is each exemplar's own label map), ``--target-images`` (translation: the
+images the target layouts come from, shown in the triplets).
+
+Each exemplar is inverted and its banks built once for all its targets; outputs that exist are
+skipped (a run resumes), every file is written atomically, and ``OUT/summary.json`` records what
+was drawn. Bad input (a missing or mis-sized file, colours outside the palette, an adapter of another
+architecture, an unwritable --out) stops the command before anything is drawn, with one line
+``amlight generate: error: ...`` and exit status 1.
+
+The same in Python (see :mod:`amlight.pipeline.inputs` and :mod:`amlight.pipeline.outputs`)::
+
+    from amlight.commands.generate import generate_files
+
+    status = generate_files("runs/quickstart/stage1/checkpoints/last.ckpt", "runs/gen",
+                            adapter="runs/quickstart/stage2/checkpoints/last.ckpt",
+                            pairs="data/synthetic/val/pairs.json", triplets=True)   # 0: ok
+
+or ``main(["--stage1", ..., "--out", ...])`` with the command-line arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from amlight.commands import parse_or_exit_code
+
+PROG = "amlight generate"
+MODES = ("adapter", "augmented", "hard_mask", "structure_only")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class GenerateError(ValueError):
+    """Bad input, reported as one line and exit status 1."""
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m amlight generate",
+        description="Draw target label maps in the appearance of exemplar images (AM-Adapter inference).",
+        epilog="examples:\n"
+        "  python -m amlight generate --stage1 S1.ckpt --adapter S2.ckpt --pairs data/synthetic/val/pairs.json "
+        "--out runs/gen --triplets\n"
+        "  python -m amlight generate --stage1 S1.ckpt --adapter S2.ckpt --exemplar a.png --exemplar-labels "
+        "a_lbl.png --target-labels b_lbl.png c_lbl.png --out runs/gen\n"
+        "  python -m amlight generate --stage1 S1.ckpt --mode augmented --exemplar a.png --exemplar-labels a_lbl.png "
+        "--paint car@4,20,12,28 --out runs/edit    (segmentation editing)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--stage1", required=True, metavar="CKPT", help="stage-1 (GenerationStage) checkpoint")
+    model.add_argument("--adapter", metavar="FILE",
+                       help="the AM-Adapter: a .safetensors from export-adapter or a stage-2 .ckpt")
+    model.add_argument("--data", metavar="NAME_OR_DIR",
+                       help="dataset whose palette decodes the label files: a registered name or a folder with "
+                       "classes.yaml (default: the dataset of the stage-1 run's config.yaml)")
+    inputs = parser.add_argument_group("inputs (one of: --exemplar ... --target-labels / --pairs / --retrieve)")
+    inputs.add_argument("--exemplar", nargs="+", metavar="IMG", help="exemplar images")
+    inputs.add_argument("--exemplar-labels", nargs="+", metavar="LBL", help="their label maps, in the same order")
+    inputs.add_argument("--target-labels", nargs="+", metavar="LBL", help="target label maps to draw")
+    inputs.add_argument("--target-images", nargs="+", metavar="IMG",
+                        help="the images the target label maps come from (translation); shown in triplets")
+    inputs.add_argument("--pairs", metavar="JSON", help="pairs file: {pairs: [{exemplar, exemplar_labels, "
+                        "target_labels, ground_truth?}]}, paths relative to the file")
+    inputs.add_argument("--retrieve", metavar="NAME_OR_DIR", help="pick each target's exemplars from this dataset")
+    inputs.add_argument("--retrieve-split", default="val", metavar="SPLIT", help="its split (default: %(default)s)")
+    inputs.add_argument("--top-k", type=_int_at_least(1), default=1, metavar="K",
+                        help="exemplars per target with --retrieve (default: %(default)s)")
+    apps = parser.add_argument_group("applications")
+    apps.add_argument("--link", action="append", default=[], metavar="EX_MASK:TGT_MASK",
+                      help="one-to-one mapping: the exemplar region lends its appearance to the target region "
+                      "(mask PNGs, non-zero = region; or INSTANCE_PNG#ID); repeatable; modes hard_mask/adapter")
+    apps.add_argument("--paint", action="append", default=[], metavar="CLASS@x0,y0,x1,y1",
+                      help="edit the target labels: set the box (label-file pixels, x1/y1 exclusive) to CLASS "
+                      "(name or index); repeatable. Without --target-labels the target is the exemplar's own labels")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--mode", choices=MODES, default="adapter",
+                          help="attention mode (default: %(default)s; the others are the ablations)")
+    sampling.add_argument("--steps", type=_int_at_least(1), default=20, help="DDIM steps (default: %(default)s)")
+    sampling.add_argument("--guidance-scale", type=_positive_float, default=3.0,
+                          help="classifier-free guidance (default: %(default)s)")
+    sampling.add_argument("--seed", type=int, default=0, help="noise seed of every target (default: %(default)s)")
+    sampling.add_argument("--strength", type=_positive_float, default=1.0,
+                          help="appearance strength: weight of the exemplar in attention (default: %(default)s)")
+    sampling.add_argument("--size", type=_int_at_least(1), nargs=2, metavar=("H", "W"),
+                          help="image size (default: the model's native resolution); inputs are resized "
+                          "(images bilinear, labels nearest)")
+    sampling.add_argument("--batch-size", type=_int_at_least(1), default=8,
+                          help="targets per UNet call (default: %(default)s)")
+    sampling.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    sampling.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="(default: %(default)s)")
+    sampling.add_argument("--threads", type=_int_at_least(1),
+                          help="CPU threads for torch (default on a CPU: the previous run's in --out, else one per "
+                          "core that other processes leave idle: a busy core makes every extra thread wait)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    out.add_argument("--triplets", action="store_true",
+                     help="also write OUT/triplets/: exemplar | target labels | result [| target image]")
+    out.add_argument("--overwrite", action="store_true", help="redraw outputs that already exist (default: skip)")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+# --- checks that need no file ---------------------------------------------------------------------
+
+
+def check_arguments(args: argparse.Namespace) -> str:
+    """Which input form the arguments use ('exemplars', 'pairs', 'retrieve'); GenerateError if inconsistent."""
+    given = [name for name, value in (("--exemplar", args.exemplar), ("--pairs", args.pairs),
+                                      ("--retrieve", args.retrieve)) if value]
+    if len(given) > 1:
+        raise GenerateError(f"{' and '.join(given)} are alternatives: give one of them")
+    if not given:
+        raise GenerateError("no inputs: give --exemplar IMG --exemplar-labels LBL --target-labels LBL, "
+                            "or --pairs pairs.json, or --target-labels LBL --retrieve DATASET")
+    if args.exemplar_labels and not args.exemplar:
+        raise GenerateError("--exemplar-labels needs --exemplar (the images they belong to)")
+    if args.mode == "adapter" and not args.adapter:
+        raise GenerateError("--mode adapter needs --adapter (a stage-2 checkpoint or exported adapter); "
+                            "without one use --mode augmented (augmented self-attention, no adapter)")
+    if args.target_images and not args.target_labels:
+        raise GenerateError("--target-images needs --target-labels (one label map per image)")
+    if args.target_images and len(args.target_images) != len(args.target_labels):
+        raise GenerateError(f"{len(args.target_images)} --target-images for {len(args.target_labels)} "
+                            "--target-labels: give one image per label map, in the same order")
+    kind = {"--exemplar": "exemplars", "--pairs": "pairs", "--retrieve": "retrieve"}[given[0]]
+    if kind == "exemplars":
+        if not args.exemplar_labels:
+            raise GenerateError("--exemplar needs --exemplar-labels (one label map per exemplar image)")
+        if len(args.exemplar) != len(args.exemplar_labels):
+            raise GenerateError(f"{len(args.exemplar)} --exemplar image(s) but {len(args.exemplar_labels)} "
+                                "--exemplar-labels: give one label map per image, in the same order")
+        if not args.target_labels and not args.paint:
+            raise GenerateError("nothing to draw: give --target-labels, or --paint to edit the exemplars' own labels")
+    if kind == "pairs" and args.target_labels:
+        raise GenerateError("--pairs lists its targets: drop --target-labels")
+    if kind == "retrieve":
+        if not args.target_labels:
+            raise GenerateError("--retrieve needs --target-labels (the label maps to find exemplars for)")
+        if args.link:
+            raise GenerateError("--link needs known exemplars: use --exemplar, not --retrieve")
+    if args.link and args.mode in ("augmented", "structure_only"):
+        raise GenerateError(f"--link works through the categorical cost, which --mode {args.mode} does not use: "
+                            "pick --mode adapter or hard_mask")
+    if args.top_k != 1 and kind != "retrieve":
+        raise GenerateError("--top-k only applies with --retrieve")
+    return kind
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    pipe: object
+    space: object
+    jobs: list
+    writer: object
+    settings: dict
+    created_out: list
+    notes: list
+
+
+def _resolve_device(device: str | None, dtype_name: str):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GenerateError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    dtype = getattr(torch, DTYPES[dtype_name])
+    if dtype == torch.float16 and not device.startswith("cuda"):
+        raise GenerateError("--dtype fp16 needs a GPU (--device cuda); on a CPU use fp32 or bf16")
+    return device, dtype
+
+
+def _set_threads(args, device: str) -> None:
+    import torch
+
+    threads = args.threads
+    if threads is None and device == "cpu":  # a resumed run computes as the first did: same bytes
+        from amlight.pipeline.outputs import ResultWriter
+
+        threads = ((ResultWriter(args.out).previous_summary() or {}).get("settings") or {}).get("threads")
+        threads = threads if isinstance(threads, int) and threads > 0 else None
+    if threads is None and device == "cpu":
+        try:
+            from amlight.benchmarks.train_speed import default_threads
+
+            threads = default_threads()[0]
+        except ImportError:  # pragma: no cover
+            threads = None
+    if threads:
+        torch.set_num_threads(threads)
+    args.threads = torch.get_num_threads()
+
+
+def _load_pipeline(args, notes: list):
+    from amlight.pipeline.synthesis import AMPipeline
+
+    device, dtype = _resolve_device(args.device, args.dtype)
+    _set_threads(args, device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = AMPipeline.from_checkpoints(args.stage1, args.adapter, device=device, dtype=dtype)
+    for w in caught:  # amlight's own (an adapter trained on another stage 1) as one line; others as usual
+        if "amlight" in Path(w.filename).parts:
+            notes.append(f"warning: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return pipe
+
+
+def _label_space(args, retrieve_source):
+    from amlight.pipeline.inputs import LabelSpace, label_space_from_run
+
+    if args.data:
+        return LabelSpace.resolve(args.data)
+    if retrieve_source is not None:
+        return LabelSpace.from_source(retrieve_source, origin=args.retrieve)
+    return label_space_from_run(args.stage1)
+
+
+def _size(args, pipe) -> tuple[int, int]:
+    size = tuple(args.size) if args.size else tuple(pipe.resolution)
+    f = pipe.backbone.latent_downsample
+    levels = len(getattr(pipe.model.unet.config, "block_out_channels", (0,)))
+    step = f * 2 ** max(levels - 1, 0)
+    if size[0] % step or size[1] % step:
+        raise GenerateError(f"--size {size[0]} {size[1]}: height and width must be multiples of {step} for this "
+                            f"model (native size {pipe.resolution[0]}x{pipe.resolution[1]})")
+    return size  # type: ignore[return-value]
+
+
+def prepare(args: argparse.Namespace, kind: str) -> Plan:
+    """Everything that can fail on bad input, in order of cost; nothing is drawn or written yet."""
+    from amlight.pipeline import inputs as I
+    from amlight.pipeline.outputs import ResultWriter, prepare_out_dir, remove_if_empty
+
+    links = [I.parse_link(spec) for spec in args.link]
+    created = prepare_out_dir(args.out)
+    try:
+        notes: list[str] = []
+        pipe = _load_pipeline(args, notes)
+        retrieve_source = None
+        if kind == "retrieve":
+            from amlight.data.registry import build_dataset
+
+            retrieve_source = build_dataset(args.retrieve, split=args.retrieve_split)
+        space = _label_space(args, retrieve_source)
+        if space.num_classes != pipe.num_classes:
+            raise GenerateError(
+                f"the label files' dataset {space.origin or space.metadata.name!r} has {space.num_classes} classes "
+                f"but the stage-1 model {args.stage1} was trained on {pipe.num_classes}: pass --data with the "
+                "dataset the model was trained on"
+            )
+        paints = [I.parse_paint(spec, space) for spec in args.paint]
+        size = _size(args, pipe)
+        cache = I.InputCache(space, size)
+        if kind == "pairs":
+            jobs = I.pairs_from_file(args.pairs, cache, paints=paints, links=links, mode=args.mode)
+        elif kind == "exemplars":
+            jobs = I.all_pairs(args.exemplar, args.exemplar_labels, args.target_labels or [], cache,
+                               target_images=args.target_images, paints=paints, links=links, mode=args.mode)
+        else:
+            try:
+                from amlight.pipeline.retrieval import LabelIndex
+            except ImportError as e:  # pragma: no cover - depends on the installation
+                raise GenerateError(f"--retrieve is not available: {e}") from None
+            if retrieve_source.metadata.num_classes != space.num_classes:
+                raise GenerateError(f"--retrieve {args.retrieve} has {retrieve_source.metadata.num_classes} classes, "
+                                    f"the label files' dataset {space.num_classes}")
+            index = LabelIndex.from_source(retrieve_source, progress=not args.quiet)
+            jobs = I.retrieved_pairs(args.target_labels, index, cache, args.top_k, target_images=args.target_images,
+                                     paints=paints, mode=args.mode)
+        I.check_jobs(jobs)
+        notes += cache.aspect_warnings
+    except BaseException:
+        remove_if_empty(created)
+        raise
+    settings = {
+        "stage1": str(Path(args.stage1).resolve()),
+        "adapter": str(Path(args.adapter).resolve()) if args.adapter and args.mode == "adapter" else None,
+        "mode": args.mode, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
+        "appearance_strength": args.strength, "size": list(size), "dtype": args.dtype, "threads": args.threads,
+        "paint": [p.describe(space) for p in paints], "link": [str(link) for link in links],
+    }
+    writer = ResultWriter(args.out, overwrite=args.overwrite, triplets=args.triplets, metadata=space.metadata)
+    return Plan(pipe, space, jobs, writer, settings, created, notes)
+
+
+def _changed_settings(previous: dict | None, settings: dict) -> list[str]:
+    if not previous or not isinstance(previous.get("settings"), dict):
+        return []
+    old = previous["settings"]
+    return [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items()
+            if k in old and old.get(k) != v and k != "threads"]
+
+
+def execute(plan: Plan, args: argparse.Namespace) -> int:
+    from amlight.pipeline.outputs import generate_pairs
+
+    err = sys.stderr
+    for note in plan.notes:
+        print(f"{PROG}: {note}", file=err)
+    changed = _changed_settings(plan.writer.previous_summary(), plan.settings)
+    existing = [job for job in plan.jobs if plan.writer.has_result(job.name)]
+    if changed and existing:
+        print(f"{PROG}: warning: {len(existing)} output(s) in {args.out} were drawn with other settings "
+              f"({'; '.join(changed)}); they are kept: pass --overwrite to redraw them", file=err)
+    arguments = {k: v for k, v in vars(args).items()}
+    start = time.perf_counter()
+    try:
+        report = generate_pairs(
+            plan.pipe, plan.jobs, plan.writer, mode=args.mode, steps=args.steps, guidance_scale=args.guidance_scale,
+            seed=args.seed, appearance_strength=args.strength, batch_size=args.batch_size, progress=not args.quiet,
+            class_name=plan.space.class_name,
+        )
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        if report is not None:
+            plan.writer.write_summary(arguments, report, plan.settings)
+            print(f"\n{PROG}: interrupted after {len(report.written)} new output(s); every file written is "
+                  "complete: run the same command again to resume", file=err)
+        return EXIT_INTERRUPTED
+    summary = plan.writer.write_summary(arguments, report, plan.settings)
+    grid = plan.writer.write_grid()
+    total = time.perf_counter() - start
+    parts = [f"{len(report.written)} written", f"{len(report.skipped)} skipped (already there"
+             + ("; --overwrite redraws them)" if report.skipped else ")"), f"{len(report.warnings)} warning(s)"]
+    print(f"{len(plan.jobs)} output(s) in {args.out}: {', '.join(parts)}")
+    if report.written:
+        print(f"time: {total:.1f} s ({total / len(report.written):.2f} s per drawn pair, "
+              f"{report.unet_calls} UNet calls)")
+    print(f"summary: {summary}" + (f"   grid: {grid}" if grid else ""))
+    return EXIT_OK
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from amlight.data.io import DataFileError
+    from amlight.data.pairing import PairsFileError
+    from amlight.data.registry import UnknownDatasetError
+    from amlight.pipeline.inputs import InputError
+    from amlight.pipeline.outputs import OutputError
+    from amlight.stages.checkpoints import CheckpointError
+
+    errors = [GenerateError, DataFileError, PairsFileError, UnknownDatasetError, InputError, OutputError,
+              CheckpointError]
+    try:
+        from amlight.pipeline.retrieval import IndexFileError
+
+        errors.append(IndexFileError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_or_exit_code(parser, argv)
+    if isinstance(args, int):
+        return args
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process keep their setting
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        kind = check_arguments(args)
+        plan = prepare(args, kind)
+    except GenerateError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, KeyError, OSError) as e:
+        # Bad input found while reading files or checkpoints: one line, never a traceback. Anything
+        # else (a bug) keeps its traceback.
+        if not isinstance(e, _known_errors()) and not isinstance(e, ValueError):
+            raise
+        message = str(e).strip() or type(e).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    return execute(plan, args)
+
+
+def generate_files(stage1: str, out: str, **options) -> int:
+    """:func:`main` with keyword arguments: ``generate_files(stage1, out, adapter=..., pairs=..., triplets=True)``.
+
+    Keys are the long options with ``_`` for ``-`` (``exemplar_labels=[...]``, ``guidance_scale=2.0``);
+    list options take lists, flags take True.
+    """
+    argv = ["--stage1", str(stage1), "--out", str(out)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            if key in ("link", "paint"):
+                for v in value:
+                    argv += [flag, str(v)]
+            else:
+                argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""Drawing jobs and writing what they produce: results, triplets, a grid, ``summary.json``.
+
+:func:`generate_pairs` is the loop behind ``python -m amlight generate`` and ``python -m amlight
+predict``. It groups the jobs (:class:`~amlight.pipeline.inputs.Job`) by exemplar, builds each
+exemplar's banks (DDIM inversion) once for all its targets, draws up to ``batch_size`` targets per
+UNet call (exemplars are inverted ``batch_size`` at a time too), and hands every image to a
+:class:`ResultWriter`:
+
+- ``OUT/<exemplar>__<target>[__mode].png``: the result, at the model's size;
+- ``OUT/triplets/<same name>.png`` (``triplets=True``): exemplar | target labels | result [| target image];
+- ``OUT/grid.png``: the first 16 triplets drawn in this run, one per row;
+- ``OUT/summary.json``: the arguments, and per output its exemplar, target, seed, mode and the
+  target classes its exemplar lacks.
+
+Every file is written atomically (a crash or Ctrl-C never leaves a partial file), and outputs that
+already exist are skipped unless ``overwrite``: a run resumes where it stopped. A target's initial
+noise depends only on the seed, and the batches of targets and of exemplars are fixed by the job
+list (a batch with a missing output is redrawn whole), so a resumed run redraws
+exactly the bytes an uninterrupted one writes, given the same torch thread count (floating-point
+sums can differ, in the last bit, with the batch size or the number of threads).
+
+Python::
+
+    from amlight.pipeline import AMPipeline
+    from amlight.pipeline.inputs import InputCache, LabelSpace, pairs_from_file
+    from amlight.pipeline.outputs import ResultWriter, generate_pairs
+
+    pipe = AMPipeline.from_checkpoints("runs/quickstart/stage1/checkpoints/last.ckpt",
+                                       "runs/quickstart/stage2/checkpoints/last.ckpt")
+    space = LabelSpace.resolve("data/synthetic")
+    jobs = pairs_from_file("data/synthetic/val/pairs.json", InputCache(space, pipe.resolution))
+    writer = ResultWriter("runs/generate", triplets=True, metadata=space.metadata)
+    report = generate_pairs(pipe, jobs, writer, steps=20, seed=0)
+    writer.write_summary({"pairs": "data/synthetic/val/pairs.json"}, report)
+    writer.write_grid()
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from amlight.atomic_write import atomic_write
+from amlight.data.registry import DatasetMetadata
+from amlight.pipeline.inputs import Job, JobInputs
+
+GRID_LIMIT = 16
+SUMMARY_FILE = "summary.json"
+GRID_FILE = "grid.png"
+TRIPLETS_DIR = "triplets"
+PRIOR_NOTE = "that region has nothing to copy; it is drawn from the prior"
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used."""
+
+
+def prepare_out_dir(path: str | Path) -> list[Path]:
+    """Create ``path`` if needed and check that files can be written in it (before any model loads).
+
+    Returns the folders it created, innermost first, so that a run failing before it writes anything
+    can remove them again (:func:`remove_if_empty`).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {path} exists and is not a folder")
+    missing = [p for p in [path, *path.parents] if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".amlight-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        remove_if_empty(missing)
+        raise OutputError(f"cannot write to --out {path}: {e.strerror or e}") from None
+    return missing
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty: undoing :func:`prepare_out_dir`."""
+    for folder in folders:
+        try:
+            Path(folder).rmdir()
+        except OSError:
+            return
+
+
+def upscale_for_viewing(height: int, min_height: int = 128) -> int:
+    """The nearest-neighbour zoom that makes tiny images visible (1 from ``min_height`` pixels on)."""
+    return max(1, min_height // max(1, int(height)))
+
+
+class ResultWriter:
+    """Writes results (and triplets) under ``out_dir``; knows what is already there.
+
+    ``metadata`` colours the label maps in triplets (without it, a fixed fallback palette).
+    """
+
+    def __init__(self, out_dir: str | Path, *, overwrite: bool = False, triplets: bool = False,
+                 metadata: DatasetMetadata | None = None, grid_limit: int = GRID_LIMIT):
+        self.out_dir = Path(out_dir)
+        self.overwrite = overwrite
+        self.triplets = triplets
+        self.metadata = metadata
+        self.grid_limit = grid_limit
+        self.grid_rows: list[list[torch.Tensor]] = []  # this run's first rows, columns uint8 (3, H, W)
+
+    def result_path(self, name: str) -> Path:
+        return self.out_dir / f"{name}.png"
+
+    def triplet_path(self, name: str) -> Path:
+        return self.out_dir / TRIPLETS_DIR / f"{name}.png"
+
+    def done(self, name: str) -> bool:
+        """Whether the output exists (and its triplet, when asked for), so the job can be skipped."""
+        if self.overwrite:
+            return False
+        return self.result_path(name).is_file() and (not self.triplets or self.triplet_path(name).is_file())
+
+    def has_result(self, name: str) -> bool:
+        return not self.overwrite and self.result_path(name).is_file()
+
+    def columns(self, inputs: JobInputs, result: torch.Tensor) -> list[torch.Tensor]:
+        """exemplar | target labels | result [| target image], each uint8 (3, H, W)."""
+        from amlight.visualize import colorize, to_uint8
+
+        cols = [to_uint8(inputs.exemplar_image[None])[0], colorize(inputs.target_labels[None].cpu(), self.metadata)[0],
+                result]
+        if inputs.target_image is not None:
+            cols.append(to_uint8(inputs.target_image[None])[0])
+        return cols
+
+    def write(self, name: str, result: torch.Tensor, inputs: JobInputs) -> list[Path]:
+        """Write result ``name`` (uint8 (3, H, W)) and, if asked, its triplet; remember it for the grid."""
+        from amlight.visualize import save_png
+
+        paths = [save_png(result, self.result_path(name))]
+        paths += self._triplet(name, result, inputs)
+        return paths
+
+    def complete(self, name: str, inputs: JobInputs) -> list[Path]:
+        """Add the missing triplet of an existing result (a run without triplets, resumed with them)."""
+        from PIL import Image
+
+        with Image.open(self.result_path(name)) as img:
+            result = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        return self._triplet(name, result, inputs)
+
+    def _triplet(self, name: str, result: torch.Tensor, inputs: JobInputs) -> list[Path]:
+        from amlight.visualize import column_grid, save_png
+
+        cols = self.columns(inputs, result.cpu())
+        if len(self.grid_rows) < self.grid_limit:
+            self.grid_rows.append(cols)
+        if not self.triplets:
+            return []
+        image = column_grid([c[None] for c in cols], upscale=upscale_for_viewing(result.shape[-2]))
+        return [save_png(image, self.triplet_path(name))]
+
+    def grid_image(self, rows: Sequence[Sequence[torch.Tensor]] | None = None) -> torch.Tensor | None:
+        """One row per triplet (missing target-image columns left white), or None without rows."""
+        from amlight.visualize import column_grid
+
+        rows = list(self.grid_rows if rows is None else rows)[: self.grid_limit]
+        if not rows:
+            return None
+        width = max(len(r) for r in rows)
+        blank = torch.full_like(rows[0][0], 255)
+        columns = [torch.stack([r[c] if c < len(r) else blank for r in rows]) for c in range(width)]
+        return column_grid(columns, upscale=upscale_for_viewing(rows[0][0].shape[-2]))
+
+    def write_grid(self, rows: Sequence[Sequence[torch.Tensor]] | None = None) -> Path | None:
+        """``OUT/grid.png`` of this run's triplets; nothing (and an older grid kept) when none was drawn."""
+        from amlight.visualize import save_png
+
+        image = self.grid_image(rows)
+        return None if image is None else save_png(image, self.out_dir / GRID_FILE)
+
+    def previous_summary(self) -> dict | None:
+        try:
+            return json.loads((self.out_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_summary(self, arguments: dict, report: "GenerationReport", settings: dict | None = None,
+                      records: Sequence[dict] | None = None) -> Path:
+        data = {
+            "arguments": _plain(arguments),
+            "settings": _plain(settings or report.settings),
+            "counts": {"outputs": len(records if records is not None else report.records),
+                       "written": len(report.written), "skipped": len(report.skipped),
+                       "warnings": len(report.warnings)},
+            "seconds": round(report.seconds, 3),
+            "interrupted": report.interrupted,
+            "outputs": list(records if records is not None else report.records),
+        }
+        text = json.dumps(data, indent=2) + "\n"
+        return atomic_write(self.out_dir / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass
+class GenerationReport:
+    records: list[dict] = field(default_factory=list)  # one per job, in job order
+    written: list[str] = field(default_factory=list)  # output names drawn in this run
+    skipped: list[str] = field(default_factory=list)  # output names that already existed
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    unet_calls: int = 0
+    interrupted: bool = False
+    settings: dict = field(default_factory=dict)
+
+
+def concat_banks(parts: Sequence):
+    """One :class:`~amlight.pipeline.exemplar_cache.ExemplarBanks` over several exemplars' banks (same schedule)."""
+    from amlight.pipeline.exemplar_cache import ExemplarBanks
+
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    banks = [{layer: torch.cat([p.banks[i][layer] for p in parts]) for layer in step}
+             for i, step in enumerate(first.banks)]
+    return ExemplarBanks(
+        timesteps=first.timesteps, banks=banks,
+        exemplar_labels=torch.cat([p.exemplar_labels for p in parts]),
+        latent_size=first.latent_size,
+        unet_calls=sum(p.unet_calls for p in parts), unet_rows=sum(p.unet_rows for p in parts),
+        meta=dict(first.meta),
+    )
+
+
+def slice_banks(banks, j: int):
+    """Exemplar ``j`` of an :class:`~amlight.pipeline.exemplar_cache.ExemplarBanks` as banks of its own."""
+    from amlight.pipeline.exemplar_cache import ExemplarBanks
+
+    n = max(1, banks.batch)
+    return ExemplarBanks(
+        timesteps=banks.timesteps, banks=[{layer: t[j:j + 1] for layer, t in step.items()} for step in banks.banks],
+        exemplar_labels=banks.exemplar_labels[j:j + 1], latent_size=banks.latent_size,
+        unet_calls=banks.unet_calls // n, unet_rows=banks.unet_rows // n, meta=dict(banks.meta),
+    )
+
+
+def _default_warn(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def generate_pairs(
+    pipe,
+    jobs: Sequence[Job],
+    writer: ResultWriter,
+    *,
+    mode: str = "adapter",
+    steps: int = 20,
+    guidance_scale: float = 3.0,
+    seed: int = 0,
+    appearance_strength: float = 1.0,
+    batch_size: int = 8,
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+    class_name: Callable[[int], str] | None = None,
+) -> GenerationReport:
+    """Draw every job whose output is not there yet and write it; returns what happened.
+
+    Warns (``warn``, default: stderr) once per drawn pair whose target has classes its exemplar
+    lacks. On Ctrl-C the files written so far stay complete and the exception carries the partial
+    report as ``.report``.
+    """
+    from tqdm import tqdm
+
+    from amlight.pipeline.synthesis import uncovered_classes
+    from amlight.visualize import to_uint8
+
+    from amlight.pipeline.inputs import dedupe
+
+    jobs = dedupe(jobs)
+    warn = warn or _default_warn
+    if class_name is None:
+        names = writer.metadata.class_names if writer.metadata is not None else ()
+        class_name = (lambda c: names[c] if 0 <= c < len(names) else f"#{c}")
+    ignore_index = int(getattr(pipe, "ignore_index", writer.metadata.ignore_index if writer.metadata else 255))
+    use_banks = mode != "structure_only"
+    start = time.perf_counter()
+    report = GenerationReport(settings={"mode": mode, "steps": steps, "guidance_scale": guidance_scale,
+                                        "seed": seed, "appearance_strength": appearance_strength})
+    records: dict[str, dict] = {}
+
+    def record(job: Job, inputs: JobInputs, status: str) -> None:
+        missing = uncovered_classes(inputs.target_labels, inputs.exemplar_labels, ignore_index) if use_banks else []
+        entry = {"output": writer.result_path(job.name).name, **job.info, "exemplar_key": job.exemplar,
+                 "target_key": job.target, "seed": seed, "mode": mode,
+                 "uncovered_classes": [class_name(int(c)) for c in missing], "status": status}
+        for key in ("exemplar_key", "target_key"):  # only when they add something to the info fields
+            if entry[key] in (entry.get("exemplar"), entry.get("target_labels")):
+                del entry[key]
+        if writer.triplets:
+            entry["triplet"] = f"{TRIPLETS_DIR}/{writer.result_path(job.name).name}"
+        records[job.name] = entry
+        if status == "written" and missing:
+            message = (f"warning: target {job.target} has class(es) {', '.join(entry['uncovered_classes'])} that exemplar "
+                       f"{job.exemplar} lacks: {PRIOR_NOTE}")
+            report.warnings.append(message)
+            warn(message)
+
+    # Group by exemplar (first-appearance order) so each exemplar's banks are built once, then cut the
+    # list into fixed batches. A batch with anything left to draw is drawn whole (its finished members
+    # are not rewritten): a resumed run computes exactly the batches of an uninterrupted one, so its
+    # images are the same bytes (float results can depend on the batch's size and make-up).
+    first_seen: dict[str, int] = {}
+    for i, job in enumerate(jobs):
+        first_seen.setdefault(job.exemplar, i)
+    ordered = sorted(jobs, key=lambda j: first_seen[j.exemplar])
+    size = max(1, int(batch_size))
+    batches = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    todo = {job.name for job in ordered if not writer.has_result(job.name)}
+    last_use: dict[str, int] = {}
+    for b, batch in enumerate(batches):
+        if any(job.name in todo for job in batch):
+            for job in batch:
+                last_use[job.exemplar] = b
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate", unit="pair",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    cache: dict[tuple, object] = {}
+    calls_before = getattr(pipe, "unet_calls", 0)
+
+    # Exemplars are inverted in fixed chunks of ``batch_size`` (first-appearance order), each chunk in
+    # one batched call, again so that a resumed run computes exactly what an uninterrupted one did.
+    exemplar_order = list(dict.fromkeys(job.exemplar for job in ordered))
+    chunk_of = {e: i // size for i, e in enumerate(exemplar_order)}
+    representative: dict[str, Job] = {}
+    for job in ordered:
+        representative.setdefault(job.exemplar, job)
+
+    def build(members: list[tuple[Job, JobInputs]]) -> None:
+        images = torch.stack([inputs.exemplar_image for _, inputs in members])
+        labels = torch.stack([inputs.exemplar_labels for _, inputs in members])
+        match = None
+        if any(inputs.exemplar_match is not None for _, inputs in members):
+            match = torch.stack([inputs.exemplar_labels if inputs.exemplar_match is None else inputs.exemplar_match
+                                 for _, inputs in members])
+        banks = pipe.build_banks(images, labels, steps, seed=seed, match_labels=match)
+        report.unet_calls += banks.unet_calls
+        for j, (job, inputs) in enumerate(members):
+            cache[job.bank_key(inputs)] = slice_banks(banks, j)
+
+    def ensure_banks(job: Job, inputs: JobInputs, b: int) -> tuple:
+        key = job.bank_key(inputs)
+        if key in cache:
+            return key
+        chunk = [e for e in exemplar_order if chunk_of[e] == chunk_of[job.exemplar]]
+        members = [(job, inputs) if e == job.exemplar else (representative[e], representative[e].load())
+                   for e in chunk]
+        build(members)
+        for e in chunk:  # exemplars of the chunk with nothing left to draw
+            if last_use.get(e, -1) < b:
+                for k in [k for k in cache if k[0] == e]:
+                    del cache[k]
+        if key not in cache:  # this job links other regions of its exemplar than the chunk's representative
+            build([(job, inputs)])
+        return key
+
+    def draw(batch: list[tuple[Job, JobInputs]], b: int) -> torch.Tensor:
+        banks = index = None
+        if use_banks:
+            keys = [ensure_banks(job, inputs, b) for job, inputs in batch]
+            unique = list(dict.fromkeys(keys))
+            banks = concat_banks([cache[k] for k in unique])
+            index = torch.tensor([unique.index(k) for k in keys])
+        targets = torch.stack([inputs.target_labels for _, inputs in batch])
+        match = None
+        if any(inputs.target_match is not None for _, inputs in batch):
+            match = torch.stack([inputs.target_labels if inputs.target_match is None else inputs.target_match
+                                 for _, inputs in batch])
+        from amlight.pipeline.synthesis import UncoveredClassWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UncoveredClassWarning)  # reported per pair, with file names
+            images = pipe(targets, banks, index, mode=mode, guidance_scale=guidance_scale, seed=[seed] * len(batch),
+                          steps=steps, appearance_strength=appearance_strength, target_match_labels=match)
+        return to_uint8(images)
+
+    try:
+        for b, batch in enumerate(batches):
+            loaded = [(job, job.load()) for job in batch]
+            for job, inputs in loaded:
+                if job.name in todo:
+                    continue
+                if not writer.done(job.name):  # only the triplet is missing: no need to redraw
+                    writer.complete(job.name, inputs)
+                report.skipped.append(job.name)
+                record(job, inputs, "skipped")
+            if any(job.name in todo for job in batch):
+                for (job, inputs), image in zip(loaded, draw(loaded, b)):
+                    if job.name in todo:
+                        writer.write(job.name, image, inputs)
+                        report.written.append(job.name)
+                        record(job, inputs, "written")
+                        bar.update(1)
+            for exemplar in [e for e, last in last_use.items() if last == b]:
+                for key in [k for k in cache if k[0] == exemplar]:
+                    del cache[key]
+    except KeyboardInterrupt as exc:
+        report.interrupted = True
+        exc.report = _finish(report, jobs, records, start, pipe, calls_before)  # type: ignore[attr-defined]
+        raise
+    finally:
+        bar.close()
+    return _finish(report, jobs, records, start, pipe, calls_before)
+
+
+def _finish(report: GenerationReport, jobs, records: dict, start: float, pipe, calls_before: int) -> GenerationReport:
+    report.records = [records[job.name] for job in jobs if job.name in records]
+    report.seconds = time.perf_counter() - start
+    report.unet_calls += getattr(pipe, "unet_calls", calls_before) - calls_before
+    return report
