@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.amlight-installed
+QS := runs/quickstart
+DEMO_EVAL_PAIRS ?= 8
 
-.PHONY: demo test test-slow install clean-runs
+.PHONY: demo test test-slow install clean-runs benchmark
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +20,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m amlight fit --config configs/quickstart/stage1.yaml
 	$(PY) -m amlight fit --config configs/quickstart/stage2.yaml
-	@echo "Done. Look at it: $(VENV)/bin/tensorboard --logdir runs/quickstart  (samples also in runs/quickstart/*/samples/)"
+	$(PY) -m amlight generate --stage1 $(QS)/stage1/checkpoints/last.ckpt --adapter $(QS)/stage2/checkpoints/last.ckpt \
+		--pairs data/synthetic/val/pairs.json --out $(QS)/generate --triplets
+	$(PY) -m amlight evaluate --stage1 $(QS)/stage1/checkpoints/last.ckpt --adapter $(QS)/stage2/checkpoints/last.ckpt \
+		--max-pairs $(DEMO_EVAL_PAIRS) --out $(QS)/evaluate
+	@echo ""
+	@echo "Done."
+	@echo "  generated triplets (exemplar | target labels | result): $(QS)/generate/grid.png"
+	@echo "  benchmark table on $(DEMO_EVAL_PAIRS) pairs: $(QS)/evaluate/results.md   (grid: $(QS)/evaluate/grid.png)"
+	@echo "  training curves, samples, attention maps: $(VENV)/bin/tensorboard --logdir $(QS)"
+
+# The full quickstart benchmark (all 64 validation pairs, every mode) on the demo's checkpoints.
+benchmark: $(STAMP)
+	$(PY) -m amlight evaluate --stage1 $(QS)/stage1/checkpoints/last.ckpt --adapter $(QS)/stage2/checkpoints/last.ckpt \
+		--out runs/evaluate/quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q

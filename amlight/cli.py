@@ -20,7 +20,11 @@ OWN_COMMANDS = {
     "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
     "probe": ("amlight.commands.probe", "same-class attention mass per mode on validation pairs"),
     "export-adapter": ("amlight.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
-    "benchmark": ("amlight.commands.benchmark", "speed and memory benchmarks: `benchmark train`"),
+    "generate": ("amlight.commands.generate", "draw target label maps in exemplars' appearance (pairs, all pairs, retrieval)"),
+    "retrieve": ("amlight.commands.retrieve", "rank a database's exemplars for target label maps (class coverage + layout)"),
+    "evaluate": ("amlight.commands.evaluate", "generate with every attention mode and score them (JSON + Markdown table + grid)"),
+    "metrics": ("amlight.commands.metrics", "score generated images against references (PSNR, SSIM, ΔE, FID, ...)"),
+    "benchmark": ("amlight.commands.benchmark", "speed and memory benchmarks: `benchmark train`, `benchmark pipeline`"),
 }
 
 

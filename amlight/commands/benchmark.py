@@ -1,6 +1,8 @@
 """``python -m amlight benchmark train``: step time of stage 2 against stage 1, and the adapter's memory.
+``python -m amlight benchmark pipeline``: inference UNet evaluations and seconds per (exemplar, target)
+pair, the pipeline against the reference schedule.
 
-Prints a table and writes the full record (every step's time, the machine's load) as JSON.
+Each prints a table and writes the full record (every timing, the machine's load) as JSON.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code
+from amlight.commands import parse_or_exit_code, int_at_least
 
 DEFAULT_OUT = "runs/benchmarks/train.json"
 
@@ -36,23 +38,47 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch threads (default: one per core that other processes leave idle, sampled for 1 s)")
     # The test suite's shrunken model: seconds instead of minutes; numbers not comparable.
     train.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+    pipeline = sub.add_parser(
+        "pipeline",
+        help="inference: UNet evaluations and seconds per (exemplar, target) pair, pipeline vs reference schedule",
+        description="One exemplar, --targets targets (default 8), classifier-free guidance on. Counts UNet "
+        "sample-evaluations and times the pipeline (exemplar encoded, inverted and its banks written once; "
+        "one batched CFG call per step for all targets) against the reference schedule (per pair: fresh "
+        "encode + DDIM inversion, appearance branch on both CFG halves, no reuse). Goals: evaluations per "
+        "pair <= 0.5x the reference's, seconds per pair >= 2x faster. Presets: 'tiny' (the quickstart tiny "
+        "model, random weights, 32x32, 20 steps) and 'sd15-random' (SD 1.5 architecture with random "
+        "weights built in memory, 256x256, 2 steps by default: about 5 minutes a step on 2 CPU cores).",
+    )
+    pipeline.add_argument("--preset", choices=["tiny", "sd15-random"], default="tiny",
+                          help="model and default size/steps (default: %(default)s)")
+    pipeline.add_argument("--steps", type=_positive, default=None,
+                          help="DDIM steps for both schedules (default: the preset's: tiny 20, sd15-random 2)")
+    pipeline.add_argument("--targets", type=_positive, default=8,
+                          help="targets drawn with the one exemplar (default: %(default)s)")
+    pipeline.add_argument("--repeats", type=_positive, default=1,
+                          help="timed runs of each schedule, alternating order; the median counts (default: %(default)s)")
+    pipeline.add_argument("--mode", choices=["adapter", "augmented", "hard_mask"], default="adapter",
+                          help="attention mode of both schedules (default: %(default)s, with a fresh zero-init adapter)")
+    pipeline.add_argument("--guidance-scale", type=float, default=3.0, help="CFG scale, not 1 (default: %(default)s)")
+    pipeline.add_argument("--resolution", type=_positive, default=None,
+                          help="image side in pixels (default: the preset's: tiny 32, sd15-random 256)")
+    pipeline.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: %(default)s)")
+    pipeline.add_argument("--dtype", choices=["float32", "bf16", "fp16"], default="float32",
+                          help="model dtype (default: %(default)s)")
+    pipeline.add_argument("--seed", type=_non_negative, default=0, help="seed of weights, data and noise (default: 0)")
+    pipeline.add_argument("--out", metavar="FILE.json", default=None,
+                          help="JSON record (default: runs/benchmarks/pipeline_<preset>.json)")
+    pipeline.add_argument("--threads", type=_positive, default=None,
+                          help="torch threads (default: one per core that other processes leave idle, sampled for 1 s)")
+    # The test suite's shrunken tiny model (16x16, 5 classes): seconds; numbers not comparable.
+    pipeline.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    # Skip the untimed warm-up run (tests only).
+    pipeline.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-_positive, _non_negative = _int_at_least(1), _int_at_least(0)
+_positive, _non_negative = int_at_least(1), int_at_least(0)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -70,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
 
+    if args.benchmark == "pipeline":
+        return _pipeline_main(args)
+
     from amlight.benchmarks.train_speed import format_table, train_benchmark
 
     def progress(message: str) -> None:
@@ -78,6 +107,33 @@ def main(argv: list[str] | None = None) -> int:
     result = train_benchmark(steps=args.steps, warmup=args.warmup, tiny=args.tiny,
                              skip_memory=args.skip_memory, threads=args.threads, progress=progress)
     out = Path(args.out)
+    write_json_atomic(out, result)
+    print(format_table(result))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _pipeline_main(args: argparse.Namespace) -> int:
+    from amlight.benchmarks.pipeline_speed import PRESETS, TEST_PRESET, format_table, pipeline_benchmark
+
+    if args.tiny and args.preset != "tiny":
+        print("amlight benchmark pipeline: --tiny shrinks the tiny preset only", file=sys.stderr)
+        return 2
+    if args.guidance_scale == 1.0:
+        print("amlight benchmark pipeline: --guidance-scale 1 turns CFG off; this benchmark is about CFG on",
+              file=sys.stderr)
+        return 2
+    preset = TEST_PRESET if args.tiny else PRESETS[args.preset]
+
+    def progress(message: str) -> None:
+        print(f"[benchmark pipeline] {message}", file=sys.stderr, flush=True)
+
+    result = pipeline_benchmark(
+        preset, steps=args.steps, targets=args.targets, repeats=args.repeats, mode=args.mode,
+        guidance_scale=args.guidance_scale, resolution=args.resolution, device=args.device, dtype=args.dtype,
+        threads=args.threads, seed=args.seed, warmup=not args.no_warmup, progress=progress,
+    )
+    out = Path(args.out or f"runs/benchmarks/pipeline_{preset.name}.json")
     write_json_atomic(out, result)
     print(format_table(result))
     print(f"\nwrote {out}")

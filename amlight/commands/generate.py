@@ -37,7 +37,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code
+from amlight.commands import parse_or_exit_code, int_at_least, non_negative_float
 
 PROG = "amlight generate"
 MODES = ("adapter", "augmented", "hard_mask", "structure_only")
@@ -47,29 +47,6 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 class GenerateError(ValueError):
     """Bad input, reported as one line and exit status 1."""
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "target_labels, ground_truth?}]}, paths relative to the file")
     inputs.add_argument("--retrieve", metavar="NAME_OR_DIR", help="pick each target's exemplars from this dataset")
     inputs.add_argument("--retrieve-split", default="val", metavar="SPLIT", help="its split (default: %(default)s)")
-    inputs.add_argument("--top-k", type=_int_at_least(1), default=1, metavar="K",
+    inputs.add_argument("--top-k", type=int_at_least(1), default=1, metavar="K",
                         help="exemplars per target with --retrieve (default: %(default)s)")
     apps = parser.add_argument_group("applications")
     apps.add_argument("--link", action="append", default=[], metavar="EX_MASK:TGT_MASK",
@@ -114,20 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--mode", choices=MODES, default="adapter",
                           help="attention mode (default: %(default)s; the others are the ablations)")
-    sampling.add_argument("--steps", type=_int_at_least(1), default=20, help="DDIM steps (default: %(default)s)")
-    sampling.add_argument("--guidance-scale", type=_positive_float, default=3.0,
+    sampling.add_argument("--steps", type=int_at_least(1), default=20, help="DDIM steps (default: %(default)s)")
+    sampling.add_argument("--guidance-scale", type=non_negative_float, default=3.0,
                           help="classifier-free guidance (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=0, help="noise seed of every target (default: %(default)s)")
-    sampling.add_argument("--strength", type=_positive_float, default=1.0,
+    sampling.add_argument("--strength", type=non_negative_float, default=1.0,
                           help="appearance strength: weight of the exemplar in attention (default: %(default)s)")
-    sampling.add_argument("--size", type=_int_at_least(1), nargs=2, metavar=("H", "W"),
+    sampling.add_argument("--size", type=int_at_least(1), nargs=2, metavar=("H", "W"),
                           help="image size (default: the model's native resolution); inputs are resized "
                           "(images bilinear, labels nearest)")
-    sampling.add_argument("--batch-size", type=_int_at_least(1), default=8,
+    sampling.add_argument("--batch-size", type=int_at_least(1), default=8,
                           help="targets per UNet call (default: %(default)s)")
     sampling.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     sampling.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="(default: %(default)s)")
-    sampling.add_argument("--threads", type=_int_at_least(1),
+    sampling.add_argument("--threads", type=int_at_least(1),
                           help="CPU threads for torch (default on a CPU: the previous run's in --out, else one per "
                           "core that other processes leave idle: a busy core makes every extra thread wait)")
     out = parser.add_argument_group("output")

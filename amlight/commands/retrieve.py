@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code
+from amlight.commands import parse_or_exit_code, int_at_least
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 PROG = "amlight retrieve"
@@ -30,19 +30,6 @@ _MAX_LISTED = 10
 
 class _InputError(Exception):
     """A user input problem: printed as one line, exit status 1."""
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _fraction(text: str) -> float:
@@ -86,13 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="target label files (PNG), read with the database's classes and palette")
     parser.add_argument("--target-root", metavar="DIR", help="where a named target dataset lives")
     parser.add_argument("--target-split", metavar="S", help="target dataset split (default: --split)")
-    parser.add_argument("--top-k", type=_int_at_least(1), default=5, metavar="K",
+    parser.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K",
                         help="exemplars per target (default: %(default)s)")
     parser.add_argument("--out", metavar="FILE.json", required=True, help="where to write the result (JSON)")
     parser.add_argument("--as-pairs", action="store_true",
                         help="write the top-1 exemplar of each target as a pairs file ({'pairs': [...]}) "
                         "for `pairing: listed` / generate")
-    parser.add_argument("--grid", type=_int_at_least(1), default=4, metavar="G",
+    parser.add_argument("--grid", type=int_at_least(1), default=4, metavar="G",
                         help="layout grid: G x G cells (default: %(default)s)")
     parser.add_argument("--min-area", type=_fraction, default=1e-3, metavar="F",
                         help="a class counts as present in an exemplar from this fraction of its labelled "

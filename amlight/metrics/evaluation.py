@@ -1,0 +1,594 @@
+"""The paired benchmark behind ``python -m amlight evaluate``: every attention mode, same pairs, same noise.
+
+For each pair of a pairs file (exemplar, target labels, ground truth) and each seed, every requested
+mode (METHOD.md "Ablation modes": structure_only, augmented, hard_mask, adapter) draws the target
+from the same initial noise (``Generator().manual_seed(seed)`` per target), so the modes differ only
+in how the generation branch reads the exemplar. Pairs are processed in fixed chunks of
+``batch_size`` (pair ``i`` is always in chunk ``i // batch_size``); each chunk's exemplars are
+DDIM-inverted and their banks built once, and the three bank-reading modes reuse them.
+
+**Cache.** Generated images are PNGs at ``CACHE/<config_key>/<mode>/<pair_key>_s<seed>.png``. The
+config key hashes what changes that mode's images and nothing else (:func:`cache_config`): the
+stage-1 checkpoint's sha256, the resolution, dtype, steps and guidance scale for every mode; the
+appearance strength and block groups for the modes that read the bank; the adapter file's sha256 and
+the 4D pooling size for ``adapter``. So a sweep over ``max_resolution`` redraws only the adapter
+column, and ``--max-pairs 32`` reuses the images of a 64-pair run. The pair key is the pair's index,
+its exemplar and target stems and a digest of the three input files (:func:`pair_key`), so an edited
+pairs file never reuses a stale image. Existing files are reused, new ones written atomically, and
+scores are always computed from the PNGs read back: a fresh and a cached run give identical numbers.
+
+**Scores.** Per image against the ground truth with :func:`amlight.metrics.ground_truth_scores`
+(PSNR, SSIM, ΔE per class, label-recovery mIoU), plus the paper's metrics when their weights are
+given (:class:`MetricModels`). A pair's value is the mean over seeds; means and 95% intervals are
+over pairs (the independent unit).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from amlight.modules.attention_modes import ATTENTION_MODES, BLOCK_GROUPS
+
+CACHE_VERSION = 1
+BANK_MODES = ("augmented", "hard_mask", "adapter")
+SWEEP_PARAMS = ("guidance_scale", "steps", "max_resolution", "blocks", "strength")
+GROUND_TRUTH = ("psnr", "ssim", "delta_e", "label_miou")
+PAPER_METRICS = ("self_sim", "clip", "fid", "seg_miou")
+DIRECTION = {"psnr": "higher", "ssim": "higher", "delta_e": "lower", "label_miou": "higher",
+             "self_sim": "lower", "clip": "higher", "fid": "lower", "seg_miou": "higher"}
+
+
+class EvaluationError(ValueError):
+    """Bad input to the benchmark, reported as one line."""
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one evaluation draws. ``max_resolution`` None: the adapter's trained value."""
+
+    modes: tuple[str, ...] = ATTENTION_MODES
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 20
+    guidance_scale: float = 3.0
+    strength: float = 1.0
+    blocks: tuple[str, ...] = BLOCK_GROUPS
+    max_resolution: int | None = None
+    batch_size: int = 16
+
+    def __post_init__(self):
+        modes = tuple(dict.fromkeys(self.modes))
+        unknown = [m for m in modes if m not in ATTENTION_MODES]
+        if unknown or not modes:
+            raise EvaluationError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; "
+                                  f"choose from {', '.join(ATTENTION_MODES)}")
+        # Canonical order (the ablation order) so tables and cache keys do not depend on how they were typed.
+        object.__setattr__(self, "modes", tuple(m for m in ATTENTION_MODES if m in modes))
+        if not self.seeds:
+            raise EvaluationError("no seeds given")
+        object.__setattr__(self, "seeds", tuple(dict.fromkeys(int(s) for s in self.seeds)))
+        object.__setattr__(self, "blocks", parse_blocks(self.blocks))
+        if int(self.steps) < 1:
+            raise EvaluationError(f"steps must be >= 1, got {self.steps}")
+        if not float(self.guidance_scale) >= 0:
+            raise EvaluationError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not float(self.strength) >= 0:
+            raise EvaluationError(f"strength must be >= 0, got {self.strength}")
+        if self.max_resolution is not None and int(self.max_resolution) < 1:
+            raise EvaluationError(f"max_resolution must be >= 1, got {self.max_resolution}")
+        if int(self.batch_size) < 1:
+            raise EvaluationError(f"batch_size must be >= 1, got {self.batch_size}")
+        object.__setattr__(self, "steps", int(self.steps))
+        object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
+        object.__setattr__(self, "strength", float(self.strength))
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+
+    def with_value(self, param: str, value) -> "Settings":
+        """These settings with one sweep parameter changed."""
+        if param not in SWEEP_PARAMS:
+            raise EvaluationError(f"unknown sweep parameter {param!r}; choose from {', '.join(SWEEP_PARAMS)}")
+        return replace(self, **{param: value})
+
+
+def parse_blocks(value) -> tuple[str, ...]:
+    """'down+up', ['down', 'up'] or ('up', 'down') -> ('down', 'up') in UNet order; EvaluationError if bad."""
+    parts = value.split("+") if isinstance(value, str) else list(value)
+    parts = [str(p).strip() for p in parts if str(p).strip()]
+    unknown = [p for p in parts if p not in BLOCK_GROUPS]
+    if unknown or not parts:
+        raise EvaluationError(f"bad block group(s) {'+'.join(unknown) or '(none)'}: use down, mid, up joined "
+                              "with '+', e.g. down+up")
+    return tuple(g for g in BLOCK_GROUPS if g in parts)
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """'guidance_scale=1,3,5' -> ('guidance_scale', [1.0, 3.0, 5.0]); EvaluationError if bad."""
+    if "=" not in text:
+        raise EvaluationError(f"--sweep {text!r}: expected PARAM=V1,V2,... with PARAM one of {', '.join(SWEEP_PARAMS)}")
+    param, _, values = text.partition("=")
+    param = param.strip().replace("-", "_")
+    if param not in SWEEP_PARAMS:
+        raise EvaluationError(f"--sweep: unknown parameter {param!r}; choose from {', '.join(SWEEP_PARAMS)}")
+    raw = [v.strip() for v in values.split(",") if v.strip()]
+    if not raw:
+        raise EvaluationError(f"--sweep {param}=: no values given (e.g. {param}={_SWEEP_EXAMPLE[param]})")
+    parsed = []
+    for v in raw:
+        try:
+            parsed.append(_parse_value(param, v))
+        except (ValueError, EvaluationError) as e:
+            raise EvaluationError(f"--sweep {param}: bad value {v!r} ({e}); e.g. {param}={_SWEEP_EXAMPLE[param]}") from None
+    unique = []
+    for v in parsed:
+        if v not in unique:
+            unique.append(v)
+    return param, unique
+
+
+_SWEEP_EXAMPLE = {"guidance_scale": "1,3,5", "steps": "10,20,50", "max_resolution": "4,8,16",
+                  "blocks": "down,mid,up,down+mid+up", "strength": "0.5,1,1.5"}
+
+
+def _parse_value(param: str, text: str):
+    if param in ("steps", "max_resolution"):
+        value = int(text)
+        if value < 1:
+            raise ValueError("must be an integer >= 1")
+        return value
+    if param in ("guidance_scale", "strength"):
+        value = float(text)
+        if not np.isfinite(value) or value < 0:
+            raise ValueError("must be a number >= 0")
+        return value
+    return parse_blocks(text)
+
+
+def format_value(param: str, value) -> str:
+    """How a setting reads in tables: guidance_scale=5, blocks=down+up."""
+    if param == "blocks":
+        return "+".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# --- model and pairs ------------------------------------------------------------------------------
+
+
+@dataclass
+class PairSet:
+    """The pairs of one benchmark at the model's resolution, in pairs-file order."""
+
+    keys: list[str]
+    exemplar_images: torch.Tensor  # (N, 3, H, W) in [-1, 1]
+    exemplar_labels: torch.Tensor  # (N, H, W)
+    target_labels: torch.Tensor  # (N, H, W)
+    ground_truth: torch.Tensor  # (N, 3, H, W) in [-1, 1]; grey where has_ground_truth is False
+    has_ground_truth: np.ndarray  # (N,) bool
+    exemplar_ids: list[str]  # pairs with the same exemplar files share one bank
+    sources: list[dict]  # file paths of each pair, for the record
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def file_digest(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def pair_key(index: int, exemplar: Path, target_labels: Path, digest: str) -> str:
+    """``0007_<exemplar stem>__<target stem>_<8 hex of the input files' digest>``."""
+    return f"{index:04d}_{_safe(Path(exemplar).stem)}__{_safe(Path(target_labels).stem)}_{digest[:8]}"
+
+
+def load_pairs(pairs_file: str | Path, source, size: tuple[int, int], max_pairs: int | None = None) -> PairSet:
+    """The first ``max_pairs`` pairs of ``pairs_file`` (all when None), read with ``source``'s classes and
+    resized to ``size`` exactly as validation does (:class:`amlight.data.pairing.PairDataset`, no augmentation)."""
+    from amlight.data.pairing import PairDataset, read_pairs_file
+
+    pairs = read_pairs_file(pairs_file)
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
+    for i, pair in enumerate(pairs):
+        for what in ("exemplar", "exemplar_labels", "target_labels", "ground_truth"):
+            path = getattr(pair, what)
+            if path is not None and not Path(path).is_file():
+                raise EvaluationError(f"pairs file {pairs_file}, entry {i}: {what} {path} does not exist")
+    dataset = PairDataset(source, "listed", tuple(size), augment=False, pairs=pairs)
+    items = [dataset[i] for i in range(len(pairs))]
+    keys, exemplar_ids, sources = [], [], []
+    for i, pair in enumerate(pairs):
+        digest = file_digest([pair.exemplar, pair.exemplar_labels, pair.target_labels])
+        keys.append(pair_key(i, pair.exemplar, pair.target_labels, digest))
+        exemplar_ids.append(file_digest([pair.exemplar, pair.exemplar_labels]))
+        sources.append({k: None if getattr(pair, k) is None else str(getattr(pair, k))
+                        for k in ("exemplar", "exemplar_labels", "target_labels", "ground_truth")})
+    return PairSet(
+        keys=keys,
+        exemplar_images=torch.stack([it["exemplar_image"] for it in items]),
+        exemplar_labels=torch.stack([it["exemplar_labels"] for it in items]),
+        target_labels=torch.stack([it["labels"] for it in items]),
+        ground_truth=torch.stack([it["image"] for it in items]),
+        has_ground_truth=np.array([bool(it["has_ground_truth"]) for it in items]),
+        exemplar_ids=exemplar_ids,
+        sources=sources,
+    )
+
+
+@dataclass
+class Model:
+    """The pipeline plus what identifies its weights."""
+
+    pipe: object
+    stage1_path: str
+    stage1_sha256: str
+    adapter_path: str | None
+    adapter_sha256: str | None
+    dtype: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def trained_max_resolution(self) -> int | None:
+        adapter = getattr(self.pipe, "adapter", None)
+        return None if adapter is None else int(adapter.max_resolution)
+
+
+def load_model(stage1: str | Path, adapter: str | Path | None = None, device: str | None = None,
+               dtype: str = "fp32") -> Model:
+    from amlight.backbone.stage1_model import file_sha256, load_stage1
+    from amlight.pipeline.synthesis import AMPipeline
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise EvaluationError(f"unknown dtype {dtype!r}; choose from {', '.join(dtypes)}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EvaluationError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = AMPipeline.from_checkpoints(stage1, adapter, device=device, dtype=dtypes[dtype])
+    notes = [f"warning: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
+    return Model(pipe, str(stage1), load_stage1(stage1).sha256, None if adapter is None else str(adapter),
+                 None if adapter is None else file_sha256(adapter), dtype, notes)
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def cache_config(mode: str, settings: Settings, model: Model) -> dict:
+    """Everything that changes ``mode``'s images under ``settings``, and nothing that does not."""
+    pipe = model.pipe
+    config = {
+        "cache_version": CACHE_VERSION,
+        "stage1_sha256": model.stage1_sha256,
+        "resolution": list(pipe.resolution),
+        "dtype": model.dtype,
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+    }
+    if mode in BANK_MODES:
+        config["strength"] = settings.strength
+        config["blocks"] = list(settings.blocks)
+        if pipe.backbone.vae is not None:
+            # A VAE samples its posterior with one generator per bank batch: an exemplar's latent
+            # depends on its position in the chunk, hence on the chunk size.
+            config["bank_batch_size"] = settings.batch_size
+    if mode == "adapter":
+        config["adapter_sha256"] = model.adapter_sha256
+        config["max_resolution"] = effective_max_resolution(settings, model)
+    return config
+
+
+def effective_max_resolution(settings: Settings, model: Model) -> int | None:
+    return settings.max_resolution if settings.max_resolution is not None else model.trained_max_resolution
+
+
+def config_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def image_path(cache: Path, key: str, mode: str, pair: str, seed: int) -> Path:
+    return Path(cache) / key / mode / f"{pair}_s{seed}.png"
+
+
+@contextmanager
+def adapter_max_resolution(adapter, value: int | None):
+    """Set the adapter's 4D pooling size for the duration (it is read at each forward, nothing caches it)."""
+    if adapter is None or value is None:
+        yield
+        return
+    previous = adapter.max_resolution
+    adapter.max_resolution = int(value)
+    try:
+        yield
+    finally:
+        adapter.max_resolution = previous
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    from amlight.atomic_write import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class GenerationReport:
+    generated: int = 0
+    reused: int = 0
+    banks_built: int = 0
+    seconds: float = 0.0
+    uncovered_warnings: int = 0
+
+
+def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, progress=None) -> tuple[dict, GenerationReport]:
+    """Draw every (pair, mode, seed) image the cache lacks. Returns ({mode: config_key}, report).
+
+    ``progress``: a tqdm-like object (``update(n)``, ``set_postfix_str(s)``) or None.
+    """
+    from amlight.metrics.images import images_to_uint8
+    from amlight.pipeline.synthesis import UncoveredClassWarning
+
+    pipe = model.pipe
+    if "adapter" in settings.modes and pipe.adapter is None:
+        raise EvaluationError("mode adapter needs an adapter: pass --adapter FILE, or drop adapter from --modes")
+    cache = Path(cache)
+    keys = {}
+    for mode in settings.modes:
+        config = cache_config(mode, settings, model)
+        keys[mode] = key = config_key(config)
+        record = cache / key / "config.json"
+        if not record.is_file():
+            from amlight.atomic_write import atomic_write
+
+            atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    report = GenerationReport()
+    start = time.perf_counter()
+    n, size = len(pairs), settings.batch_size
+    chunks = (n + size - 1) // size
+    with adapter_max_resolution(pipe.adapter, effective_max_resolution(settings, model) if "adapter" in settings.modes else None), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UncoveredClassWarning)
+        for c, begin in enumerate(range(0, n, size)):
+            rows = list(range(begin, min(begin + size, n)))
+            todo = {(mode, seed): [i for i in rows
+                                   if not image_path(cache, keys[mode], mode, pairs.keys[i], seed).is_file()]
+                    for mode in settings.modes for seed in settings.seeds}
+            reused = sum(len(rows) - len(v) for v in todo.values())
+            report.reused += reused
+            if progress is not None and reused:
+                progress.update(reused)
+            banks, index = None, None
+            for mode in settings.modes:
+                for seed in settings.seeds:
+                    missing = todo[(mode, seed)]
+                    if not missing:
+                        continue
+                    if mode in BANK_MODES and banks is None:
+                        if progress is not None:
+                            progress.set_postfix_str(f"chunk {c + 1}/{chunks}: inverting exemplars")
+                        banks, index = _chunk_banks(pipe, pairs, rows, settings.steps)
+                        report.banks_built += banks.batch
+                    if progress is not None:
+                        progress.set_postfix_str(f"chunk {c + 1}/{chunks}: {mode} seed {seed}")
+                    picked = torch.as_tensor(missing)
+                    local = picked - begin
+                    images = pipe(
+                        pairs.target_labels[picked],
+                        banks if mode in BANK_MODES else None,
+                        exemplar_index=index[local] if mode in BANK_MODES else None,
+                        mode=mode,
+                        guidance_scale=settings.guidance_scale,
+                        seed=seed,
+                        groups=settings.blocks,
+                        steps=None if mode in BANK_MODES else settings.steps,
+                        appearance_strength=settings.strength,
+                    )
+                    for i, image in zip(missing, images_to_uint8(images.float())):
+                        write_png(image_path(cache, keys[mode], mode, pairs.keys[i], seed), image)
+                    report.generated += len(missing)
+                    if progress is not None:
+                        progress.update(len(missing))
+        report.uncovered_warnings = sum(1 for w in caught if issubclass(w.category, UncoveredClassWarning))
+    report.seconds = time.perf_counter() - start
+    return keys, report
+
+
+def _chunk_banks(pipe, pairs: PairSet, rows: list[int], steps: int):
+    """Banks of the chunk's distinct exemplars (all of them, cached or not, so an exemplar's bank never
+    depends on which images happened to be cached) and each row's index into them."""
+    distinct: dict[str, int] = {}
+    first: list[int] = []
+    index = []
+    for i in rows:
+        ident = pairs.exemplar_ids[i]
+        if ident not in distinct:
+            distinct[ident] = len(first)
+            first.append(i)
+        index.append(distinct[ident])
+    picked = torch.as_tensor(first)
+    banks = pipe.build_banks(pairs.exemplar_images[picked], pairs.exemplar_labels[picked], steps, seed=0)
+    return banks, torch.as_tensor(index)
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+@dataclass
+class MetricModels:
+    """The paper's metrics, each loaded from local weights when a path is given."""
+
+    self_sim: object = None
+    clip: object = None
+    fid: object = None
+    seg_miou: object = None
+
+    @classmethod
+    def load(cls, dino=None, clip=None, inception=None, segmenter=None, num_classes=None, ignore_index=255,
+             device=None, batch_size=16) -> "MetricModels":
+        from amlight.metrics import ClipImageSimilarity, FIDMetric, SegmentationMIoU, SelfSimilarityDistance
+
+        return cls(
+            self_sim=SelfSimilarityDistance(dino, device=device, batch_size=batch_size) if dino else None,
+            clip=ClipImageSimilarity(clip, device=device, batch_size=batch_size) if clip else None,
+            fid=FIDMetric(weights_path=inception, device=device) if inception else None,
+            seg_miou=SegmentationMIoU(segmenter, num_classes, ignore_index, device=device, batch_size=batch_size)
+            if segmenter else None,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name in PAPER_METRICS if getattr(self, name) is not None]
+
+
+def metric_names(pairs: PairSet, models: MetricModels | None) -> list[str]:
+    names = list(GROUND_TRUTH) if pairs.has_ground_truth.any() else []
+    return names + (models.names if models is not None else [])
+
+
+def read_images(cache: Path, key: str, mode: str, pairs: PairSet, seed: int) -> torch.Tensor:
+    from amlight.metrics.images import images_from_uint8
+
+    return images_from_uint8([read_png(image_path(cache, key, mode, k, seed)) for k in pairs.keys])
+
+
+def score(pairs: PairSet, settings: Settings, keys: dict, cache: Path, num_classes: int, ignore_index: int,
+          class_names: Sequence[str], models: MetricModels | None = None) -> dict:
+    """Scores of every mode from the cached PNGs: {mode: {"metrics": {name: summary}, "delta_e_per_class": ...}}.
+
+    A summary is {"mean", "ci95", "n", "direction", "per_pair"}: per-pair values (mean over seeds,
+    None where undefined) in pair order; FID is one number over all images (per_pair None).
+    """
+    from amlight.metrics import class_color_error, ground_truth_scores
+    from amlight.metrics.report import json_number, summarize
+
+    names = metric_names(pairs, models)
+    with_gt = torch.from_numpy(pairs.has_ground_truth)
+    gt_idx = np.flatnonzero(pairs.has_ground_truth)
+    labels = pairs.target_labels.numpy().astype(np.int64)
+    result = {}
+    for mode in settings.modes:
+        per_seed: dict[str, list[np.ndarray]] = {m: [] for m in names if m != "fid"}
+        per_class = []
+        images_all = []
+        for seed in settings.seeds:
+            images = read_images(cache, keys[mode], mode, pairs, seed)
+            images_all.append(images)
+            values = {}
+            if len(gt_idx):
+                scores = ground_truth_scores(images[gt_idx], pairs.ground_truth[gt_idx], labels[gt_idx],
+                                             num_classes, ignore_index)
+                for m in GROUND_TRUTH:
+                    full = np.full(len(pairs), np.nan)
+                    full[gt_idx] = scores[m]
+                    values[m] = full
+                colour = class_color_error(images[gt_idx], pairs.ground_truth[gt_idx], labels[gt_idx],
+                                           num_classes, ignore_index)
+                per_class.append(colour.per_class)
+            if models is not None and models.self_sim is not None:
+                full = np.full(len(pairs), np.nan)
+                full[gt_idx] = models.self_sim(images[with_gt], pairs.ground_truth[with_gt])
+                values["self_sim"] = full
+            if models is not None and models.clip is not None:
+                values["clip"] = np.asarray(models.clip(images, pairs.exemplar_images), dtype=np.float64)
+            if models is not None and models.seg_miou is not None:
+                models.seg_miou.reset()
+                values["seg_miou"] = np.asarray(models.seg_miou(images, labels), dtype=np.float64)
+            for m in per_seed:
+                per_seed[m].append(values[m])
+        summaries = {}
+        for m in names:
+            if m == "fid":
+                models.fid.reset()
+                models.fid.update(pairs.ground_truth[with_gt], real=True)
+                for images in images_all:
+                    models.fid.update(images, real=False)
+                try:
+                    value = models.fid.compute()
+                except ValueError as e:
+                    raise EvaluationError(str(e)) from None
+                summaries[m] = {"mean": json_number(value), "ci95": None, "n": sum(len(x) for x in images_all),
+                                "direction": DIRECTION[m], "per_pair": None}
+                continue
+            stacked = np.stack(per_seed[m])  # (seeds, pairs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pairs (no ground truth) stay NaN
+                per_pair = np.nanmean(stacked, axis=0)
+            summaries[m] = {**summarize(per_pair), "direction": DIRECTION[m],
+                            "per_pair": [json_number(v) for v in per_pair]}
+        entry = {"cache_key": keys[mode], "metrics": summaries}
+        if per_class:
+            table = np.concatenate(per_class)  # (seeds * pairs with gt, classes)
+            entry["delta_e_per_class"] = {class_names[c]: summarize(table[:, c]) for c in range(num_classes)
+                                          if not np.isnan(table[:, c]).all()}
+        result[mode] = entry
+    return result
+
+
+# --- one evaluation ------------------------------------------------------------------------------
+
+
+def settings_record(settings: Settings, model: Model) -> dict:
+    record = asdict(settings)
+    record["modes"], record["seeds"], record["blocks"] = list(settings.modes), list(settings.seeds), list(settings.blocks)
+    record["max_resolution"] = effective_max_resolution(settings, model) if model.pipe.adapter is not None else None
+    record.update({
+        "stage1": model.stage1_path, "stage1_sha256": model.stage1_sha256,
+        "adapter": model.adapter_path, "adapter_sha256": model.adapter_sha256,
+        "resolution": list(model.pipe.resolution), "dtype": model.dtype, "device": str(model.pipe.device),
+    })
+    return record
+
+
+def evaluate(model: Model, pairs: PairSet, settings: Settings, cache: Path, metadata,
+             models: MetricModels | None = None, progress: Callable | None = None) -> dict:
+    """Generate what is missing, score everything from the cache; the record of :func:`score` plus settings."""
+    bar = progress(len(pairs) * len(settings.modes) * len(settings.seeds)) if progress is not None else None
+    try:
+        keys, report = generate(model, pairs, settings, cache, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    start = time.perf_counter()
+    modes = score(pairs, settings, keys, cache, model.pipe.num_classes, model.pipe.ignore_index,
+                  metadata.class_names, models)
+    return {
+        "settings": settings_record(settings, model),
+        "n_pairs": len(pairs),
+        "n_with_ground_truth": int(pairs.has_ground_truth.sum()),
+        "pairs": list(pairs.keys),
+        "modes": modes,
+        "generation": {"generated": report.generated, "reused": report.reused,
+                       "exemplars_inverted": report.banks_built, "seconds": round(report.seconds, 2),
+                       "scoring_seconds": round(time.perf_counter() - start, 2),
+                       "uncovered_class_warnings": report.uncovered_warnings},
+    }
