@@ -284,7 +284,7 @@ def run(args, argv: list[str]) -> int:
                   f"{gen['seconds']:.1f} s", file=sys.stderr)
         print(f"\n## {param}\n")
         print(sweep_table(rows))
-        print(f"\n{settings_line(rows[0])} (apart from {param})")
+        print(f"\n{settings_line(rows[0], skip=param)}")
     print(f"\n{time.perf_counter() - start:.1f} s in all; sweeps: {out / 'sweeps.md'}  {out / 'sweeps.json'}  "
           f"cache: {cache}")
     return EXIT_OK

@@ -98,15 +98,17 @@ def mode_rows(record: Mapping, lead: Sequence[str] = ()) -> list[tuple[list[str]
     return [([*lead, f"`{mode}`"], entry["metrics"]) for mode, entry in record["modes"].items()]
 
 
-def settings_line(record: Mapping) -> str:
+def settings_line(record: Mapping, skip: str | None = None) -> str:
+    """One line of the settings; ``skip``: a swept parameter to leave out."""
     s = record["settings"]
     seeds = ", ".join(str(x) for x in s["seeds"])
-    parts = [f"{record['n_pairs']} pairs × {len(s['seeds'])} seed(s) ({seeds})", f"{s['steps']} steps",
-             f"guidance {s['guidance_scale']:g}", f"strength {s['strength']:g}", f"blocks {'+'.join(s['blocks'])}"]
+    parts = {"pairs": f"{record['n_pairs']} pairs × {len(s['seeds'])} seed(s) ({seeds})",
+             "steps": f"{s['steps']} steps", "guidance_scale": f"guidance {s['guidance_scale']:g}",
+             "strength": f"strength {s['strength']:g}", "blocks": f"blocks {'+'.join(s['blocks'])}"}
     if s.get("max_resolution") is not None:
-        parts.append(f"adapter max_resolution {s['max_resolution']}")
-    parts.append(f"{s['resolution'][0]}x{s['resolution'][1]} px, {s['dtype']}")
-    return ", ".join(parts)
+        parts["max_resolution"] = f"adapter max_resolution {s['max_resolution']}"
+    parts["size"] = f"{s['resolution'][0]}x{s['resolution'][1]} px, {s['dtype']}"
+    return ", ".join(text for name, text in parts.items() if name != skip)
 
 
 def per_class_table(record: Mapping) -> str | None:
