@@ -156,6 +156,20 @@ def test_cli_writes_the_record_and_prints_the_table(tmp_path, capsys):
     assert "UNet evals/pair" in table and "speedup" in table and "tiny-test" in table and str(out) in table
 
 
+def test_batch_size_splits_the_sampling_calls_not_the_work(tmp_path, capsys):
+    out = tmp_path / "pipeline.json"
+    assert main(["pipeline", "--tiny", "--steps", "2", "--targets", "3", "--batch-size", "2", "--threads", "1",
+                 "--no-warmup", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["config"]["batch_size"] == 2
+    counters = record["schedules"]["pipeline"]["runs"][0]["pipeline_counters"]
+    assert counters["sample_calls"] == 2 * 2  # 2 steps x (targets 1-2, target 3)
+    assert counters["sample_rows"] == 2 * 2 * 3  # [uncond ; cond] rows of all 3 targets each step
+    assert record["agreement"]["match"] is True
+    assert "--batch-size 2" in capsys.readouterr().out
+    assert main(["pipeline", "--tiny", "--batch-size", "0"]) == 2
+
+
 def test_cli_rejects_bad_arguments(capsys):
     assert main(["pipeline", "--preset", "sd15-random", "--tiny"]) == 2
     assert main(["pipeline", "--guidance-scale", "1"]) == 2

@@ -48,6 +48,39 @@ def test_dropped_rows_use_plain_attention(tiny_model, tiny_backbone):
     assert (read[keep] - plain[keep]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("attention", ["hard_mask", "adapter"])
+def test_dropped_rows_skip_the_exemplar_work_and_kept_rows_match_a_call_of_their_own(tiny_model, tiny_backbone, attention):
+    # CFG's unconditional half: its rows must cost plain attention only (the adapter never sees them)
+    # and must not change what the reading rows get.
+    from amlight.modules.adapter import AMAdapter
+
+    x, labels, t = _inputs(batch=4)
+    ex_labels = torch.flip(labels, dims=[-1])
+    prompt = tiny_backbone.prompt_batch(4)
+    keep = torch.tensor([False, True, False, True])
+    torch.manual_seed(1)
+    adapter = AMAdapter(heads=2, channels=4, num_layers=2, max_resolution=8).eval()
+    for p in adapter.parameters():  # not the identity, so the refinement changes the images
+        torch.nn.init.normal_(p, std=0.5)
+    rows_seen = []
+
+    def spy(group, logits, cost, size):
+        rows_seen.append(logits.shape[0])
+        return adapter(group, logits, cost, size)
+
+    kw = dict(attention=attention, adapter=spy if attention == "adapter" else None)
+    with torch.no_grad():
+        bank = tiny_model.write_bank(torch.randn_like(x), t, ex_labels, prompt)
+        mixed = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=ex_labels, exemplar_keep=keep, **kw)
+        plain = tiny_model(x[~keep], t[~keep], labels[~keep], prompt[~keep])
+        alone = tiny_model(x[keep], t[keep], labels[keep], prompt[keep], bank={k: b[keep] for k, b in bank.items()},
+                           exemplar_labels=ex_labels[keep], **kw)
+    assert torch.allclose(mixed[~keep], plain, atol=1e-5)
+    assert torch.allclose(mixed[keep], alone, atol=1e-5)
+    if attention == "adapter":
+        assert rows_seen and set(rows_seen) == {2}  # the two kept rows, in the mixed and the alone call
+
+
 def test_hard_mask_puts_no_probability_on_other_classes(tiny_model, tiny_backbone):
     x, labels, t = _inputs()
     ex_labels = torch.flip(labels, dims=[-1])
@@ -117,3 +150,26 @@ def test_mismatched_exemplar_size_is_a_clear_error(tiny_model, tiny_backbone):
         bank = tiny_model.write_bank(torch.randn(2, 3, 8, 8), t, labels[:, :8, :8], prompt)
         with pytest.raises(ValueError, match="exemplar and target must have the same size"):
             tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels)
+
+
+def test_one_exemplar_serving_many_targets_is_projected_once(tiny_model, tiny_backbone):
+    x, labels, t = _inputs(batch=3)
+    t = t[:1].expand(3)
+    prompt = tiny_backbone.prompt_batch(3)
+    index = torch.zeros(3, dtype=torch.long)
+    layer = tiny_model.self_attention_layers[0]
+    to_k = tiny_model.unet.get_submodule(layer).to_k
+    rows = []
+    handle = to_k.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            bank = tiny_model.write_bank(x[:1], t[:1], labels[:1], prompt[:1])
+            rows.clear()
+            shared = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels[:1], exemplar_index=index,
+                                attention="hard_mask")
+            assert sorted(rows) == [1, 3]  # the 3 targets' keys, the exemplar's keys once
+            copied = tiny_model(x, t, labels, prompt, bank={k: b.expand(3, -1, -1) for k, b in bank.items()},
+                                exemplar_labels=labels[:1].expand(3, -1, -1), attention="hard_mask")
+    finally:
+        handle.remove()
+    assert torch.allclose(shared, copied, atol=1e-5)

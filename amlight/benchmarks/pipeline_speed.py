@@ -348,9 +348,11 @@ def pipeline_schedule(
     guidance_scale: float = 3.0,
     seed: int = 0,
     phases: dict[str, float] | None = None,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """The pipeline's schedule: banks built once for the exemplar, then one batched CFG call per step
-    for all targets. Returns the images and the pipeline's own counters (banks + sampling)."""
+    for all targets (or for ``batch_size`` targets at a time). Returns the images and the pipeline's own
+    counters (banks + sampling)."""
     phases = {} if phases is None else phases
     device = pipe.device
     pipe.reset_counters()
@@ -358,7 +360,8 @@ def pipeline_schedule(
         banks = pipe.build_banks(exemplar_image, exemplar_labels, steps=steps, seed=seed)
     index = torch.zeros(target_labels.shape[0], dtype=torch.long)
     with _timer(device, phases, "sample"):
-        images = pipe(target_labels, banks, exemplar_index=index, mode=mode, guidance_scale=guidance_scale, seed=seed)
+        images = pipe(target_labels, banks, exemplar_index=index, mode=mode, guidance_scale=guidance_scale, seed=seed,
+                      batch_size=batch_size)
     counters = {"bank_calls": banks.unet_calls, "bank_rows": banks.unet_rows,
                 "sample_calls": pipe.unet_calls, "sample_rows": pipe.unet_rows}
     return images, counters
@@ -417,6 +420,7 @@ def pipeline_benchmark(
     preset: str | PipelineBenchPreset = "tiny",
     steps: int | None = None,
     targets: int = 8,
+    batch_size: int | None = None,
     repeats: int = 1,
     mode: str = "adapter",
     guidance_scale: float = 3.0,
@@ -439,8 +443,8 @@ def pipeline_benchmark(
     mode = check_mode(mode)
     if mode == "structure_only":
         raise ValueError("mode structure_only uses no exemplar: there is nothing to compare")
-    if steps < 1 or targets < 1 or repeats < 1:
-        raise ValueError("steps, targets and repeats must be >= 1")
+    if steps < 1 or targets < 1 or repeats < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError("steps, targets, batch_size and repeats must be >= 1")
     if guidance_scale == 1.0:
         raise ValueError("guidance_scale 1.0 turns classifier-free guidance off; this benchmark is about CFG on")
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
@@ -487,7 +491,7 @@ def pipeline_benchmark(
                 _sync(dev)
                 t = time.perf_counter()
                 images, counters = pipeline_schedule(pipe, ex_image, ex_labels, target_labels, steps,
-                                                     phases=phases, **common)
+                                                     phases=phases, batch_size=batch_size, **common)
                 _sync(dev)
                 total = time.perf_counter() - t
             outputs["pipeline"] = images.float().cpu()
@@ -566,6 +570,7 @@ def pipeline_benchmark(
             "default_steps": cfg.steps,
             "exemplars": 1,
             "targets": targets,
+            "batch_size": min(batch_size or targets, targets),
             "guidance_scale": guidance_scale,
             "cfg": True,
             "mode": mode,
@@ -602,6 +607,7 @@ def format_table(result: dict[str, Any]) -> str:
     cfg, env, ev, tm = result["config"], result["environment"], result["evals"], result["time"]
     sch = result["schedules"]
     latent = cfg["latent_size"]
+    batch = cfg.get("batch_size", cfg["targets"])
     lines = [
         f"amlight benchmark pipeline: preset {cfg['preset']} ({cfg['description']}), "
         f"{cfg['resolution']}x{cfg['resolution']} (latent {latent[0]}x{latent[1]}x{cfg['latent_channels']}), "
@@ -611,7 +617,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{env['device']} {env['dtype']}, torch threads {env['torch_threads']} of {env['available_cores']} cores"
         + (f" ({env['idle_cores_at_start']:.1f} idle at start)" if env.get("idle_cores_at_start") is not None else ""),
         f"reference = per pair: fresh encode + {cfg['steps']}-step inversion, appearance branch on both CFG halves, "
-        "no reuse; pipeline = banks once + one 2N-row CFG call per step",
+        f"no reuse; pipeline = banks once + one CFG call per step over 2 x {batch} rows "
+        f"({cfg['targets']} targets, --batch-size {batch})",
         "",
     ]
     goal_e = f"(goal <={ev['goal']})"

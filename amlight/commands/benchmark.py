@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="DDIM steps for both schedules (default: the preset's: tiny 20, sd15-random 2)")
     pipeline.add_argument("--targets", type=_positive, default=8,
                           help="targets drawn with the one exemplar (default: %(default)s)")
+    pipeline.add_argument("--batch-size", type=_positive, default=None,
+                          help="targets per batched UNet call of the pipeline (default: all --targets in one call)")
     pipeline.add_argument("--repeats", type=_positive, default=1,
                           help="timed runs of each schedule, alternating order; the median counts (default: %(default)s)")
     pipeline.add_argument("--mode", choices=["adapter", "augmented", "hard_mask"], default="adapter",
@@ -129,7 +131,7 @@ def _pipeline_main(args: argparse.Namespace) -> int:
         print(f"[benchmark pipeline] {message}", file=sys.stderr, flush=True)
 
     result = pipeline_benchmark(
-        preset, steps=args.steps, targets=args.targets, repeats=args.repeats, mode=args.mode,
+        preset, steps=args.steps, targets=args.targets, batch_size=args.batch_size, repeats=args.repeats, mode=args.mode,
         guidance_scale=args.guidance_scale, resolution=args.resolution, device=args.device, dtype=args.dtype,
         threads=args.threads, seed=args.seed, warmup=not args.no_warmup, progress=progress,
     )

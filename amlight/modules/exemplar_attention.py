@@ -50,40 +50,61 @@ class ExemplarAttnProcessor:
                 f"{self.name}: exemplar attention supports transformer self-attention on (B, N, C) tokens only"
             )
         batch, n, _ = hidden_states.shape
-        bank = ctx.bank_for(self.name)
-        if bank.shape[0] != batch or bank.shape[1] != n:
+        # One bank row per exemplar; ``index`` says which one each batch row reads (None: row b reads row b).
+        bank, index = ctx.features[self.name], ctx.exemplar_index
+        if (bank.shape[0] if index is None else index.shape[0]) != batch or bank.shape[1] != n:
             raise ValueError(
                 f"{self.name}: exemplar bank has shape {tuple(bank.shape)} but the target tokens are "
                 f"{tuple(hidden_states.shape)}; exemplar and target must have the same size and batch rows"
             )
         heads = attn.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
-
-        q = split(attn.to_q(hidden_states))
-        k, v = split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
-        kx, vx = split(attn.to_k(bank)), split(attn.to_v(bank))
+        q = _heads(attn.to_q(hidden_states), heads)
+        k, v = _heads(attn.to_k(hidden_states), heads), _heads(attn.to_v(hidden_states), heads)
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
-            k, kx = attn.norm_k(k), attn.norm_k(kx)
+            k = attn.norm_k(k)
 
         size = ctx.size_of(n)
-        mask = ctx.cross_mask(size, batch, hidden_states.device)
-        explicit = (ctx.attention == "adapter" and ctx.adapter is not None) or ctx.recorder is not None
-        if explicit:
-            if ctx.checkpoint_attention and torch.is_grad_enabled():
-                out = checkpoint(self._explicit, q, k, v, kx, vx, attn.scale, mask, size, ctx, use_reentrant=False)
-            else:
-                out = self._explicit(q, k, v, kx, vx, attn.scale, mask, size, ctx)
+        # A recorder reports every row's exemplar attention, so it keeps the whole batch on one path.
+        rows = None if ctx.recorder is not None else ctx.row_split(batch, hidden_states.device)
+        if rows is None:
+            mask = ctx.cross_mask(size, batch, hidden_states.device)
+            out = self._attend(attn, q, k, v, bank, index, size, mask, lambda: ctx.cost(size), ctx)
         else:
-            out = self._sdpa(q, k, v, kx, vx, attn.scale, mask, ctx)
+            # Rows that may not read the exemplar (CFG's unconditional half, dropped exemplars) are
+            # plain self-attention: no bank projections, exemplar logits or adapter for them.
+            p = rows.plain
+            out = F.scaled_dot_product_attention(q[p], k[p], v[p], scale=attn.scale)
+            if rows.read.numel():
+                r = rows.read
+                mask = ctx.cost(size, r) if ctx.attention == "hard_mask" else None
+                bank_r, index_r = (bank[r], None) if index is None else (bank, index[r])
+                read = self._attend(attn, q[r], k[r], v[r], bank_r, index_r, size, mask, lambda: ctx.cost(size, r), ctx)
+                out = torch.cat([read, out])[rows.order]
         out = out.transpose(1, 2).reshape(batch, n, -1).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+    def _attend(self, attn: Attention, q, k, v, bank, index, size, mask, cost, ctx: ExemplarContext) -> torch.Tensor:
+        """Attention of queries ``q`` over [target ; exemplar] tokens for the rows that read the bank.
+
+        ``index`` picks each query row's bank row (None: row for row). The projections run on the bank
+        rows, before the gather: an exemplar that serves many targets is projected once, not per target.
+        """
+        kx, vx = _heads(attn.to_k(bank), attn.heads), _heads(attn.to_v(bank), attn.heads)
+        if attn.norm_k is not None:
+            kx = attn.norm_k(kx)
+        if index is not None:
+            kx, vx = kx[index], vx[index]
+        explicit = (ctx.attention == "adapter" and ctx.adapter is not None) or ctx.recorder is not None
+        if not explicit:
+            return self._sdpa(q, k, v, kx, vx, attn.scale, mask, ctx)
+        if ctx.checkpoint_attention and torch.is_grad_enabled():
+            return checkpoint(self._explicit, q, k, v, kx, vx, attn.scale, mask, size, cost, ctx, use_reentrant=False)
+        return self._explicit(q, k, v, kx, vx, attn.scale, mask, size, cost, ctx)
 
     def _sdpa(self, q, k, v, kx, vx, scale, mask, ctx: ExemplarContext) -> torch.Tensor:
         batch, n = q.shape[0], q.shape[2]
@@ -109,12 +130,13 @@ class ExemplarAttnProcessor:
                 q[:, :, start:stop], keys, values, attn_mask=full_mask, scale=scale))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
-    def _explicit(self, q, k, v, kx, vx, scale, mask, size, ctx: ExemplarContext) -> torch.Tensor:
+    def _explicit(self, q, k, v, kx, vx, scale, mask, size, cost, ctx: ExemplarContext) -> torch.Tensor:
         # Materialises this layer's logits (B, heads, N, 2N); only one layer's exist at a time.
+        # ``cost()`` gives the categorical cost of these rows (built only when the adapter needs it).
         logits_self = torch.matmul(q, k.transpose(-1, -2)) * scale
         logits_cross = torch.matmul(q, kx.transpose(-1, -2)) * scale
         if ctx.attention == "adapter" and ctx.adapter is not None:
-            logits_cross = logits_cross + ctx.adapter(self.group, logits_cross.detach(), ctx.cost(size), size)
+            logits_cross = logits_cross + ctx.adapter(self.group, logits_cross.detach(), cost(), size)
         if ctx.strength_bias != 0.0:
             logits_cross = logits_cross + ctx.strength_bias
         if mask is not None:
@@ -124,3 +146,8 @@ class ExemplarAttnProcessor:
         if ctx.recorder is not None:
             ctx.recorder(self.name, probs[..., n:].detach(), size, ctx)
         return torch.matmul(probs[..., :n], v) + torch.matmul(probs[..., n:], vx)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, heads * d) -> (B, heads, N, d)."""
+    return x.view(x.shape[0], -1, heads, x.shape[-1] // heads).transpose(1, 2)

@@ -22,6 +22,16 @@ from amlight.modules.categorical_cost import categorical_cost
 CONTEXT_KWARG = "exemplar_ctx"
 
 
+@dataclass(frozen=True)
+class RowSplit:
+    """Batch rows that read the exemplar (``read``) and rows that do not (``plain``); ``order`` puts
+    ``cat([out[read], out[plain]])`` back into batch order."""
+
+    read: torch.Tensor
+    plain: torch.Tensor
+    order: torch.Tensor
+
+
 @dataclass
 class ExemplarContext:
     mode: Literal["write", "read"]
@@ -81,21 +91,42 @@ class ExemplarContext:
         """The logit bias that realises ``appearance_strength`` (0 for the trained behaviour)."""
         return math.log(self.appearance_strength)
 
-    def bank_for(self, layer: str) -> torch.Tensor:
-        bank = self.features[layer]
-        return bank if self.exemplar_index is None else bank[self.exemplar_index]
-
     def _exemplar_labels_per_target(self) -> torch.Tensor:
         labels = self.exemplar_labels
         return labels if self.exemplar_index is None else labels[self.exemplar_index]
 
-    def cost(self, size: tuple[int, int]) -> torch.Tensor:
-        """Categorical cost at a layer's size, (B, h*w, h*w) bool; computed once per size and call."""
-        key = ("cost", size)
+    def cost(self, size: tuple[int, int], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Categorical cost at a layer's size, (B, h*w, h*w) bool; computed once per size and call.
+
+        ``rows``: only those batch rows (the :meth:`row_split` reading rows), (len(rows), h*w, h*w).
+        """
+        key = ("cost", size, rows is not None)
         if key not in self._cache:
-            self._cache[key] = categorical_cost(
-                self.target_labels, self._exemplar_labels_per_target(), size, self.ignore_index
-            )
+            target, exemplar = self.target_labels, self._exemplar_labels_per_target()
+            if rows is not None:
+                target, exemplar = target[rows.to(target.device)], exemplar[rows.to(exemplar.device)]
+            self._cache[key] = categorical_cost(target, exemplar, size, self.ignore_index)
+        return self._cache[key]
+
+    def row_split(self, batch: int, device: torch.device) -> RowSplit | None:
+        """Which rows read the exemplar and which attend plainly, when ``exemplar_keep`` mixes them.
+
+        A row that may not read the exemplar has all its exemplar logits at -inf, which is exactly
+        plain self-attention: running those rows without the exemplar (no bank projections, no
+        exemplar logits, no adapter) gives the same output for a fraction of the cost. That is half
+        of every classifier-free-guidance call. None when every row reads.
+        """
+        key = ("split", batch)
+        if key not in self._cache:
+            split = None
+            if self.exemplar_keep is not None:
+                keep = self.exemplar_keep.to(device=device, dtype=torch.bool).reshape(-1)
+                if keep.numel() != batch:
+                    raise ValueError(f"exemplar_keep has {keep.numel()} entries for {batch} batch rows")
+                if not bool(keep.all()):
+                    read, plain = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
+                    split = RowSplit(read, plain, torch.argsort(torch.cat([read, plain])))
+            self._cache[key] = split
         return self._cache[key]
 
     def cross_mask(self, size: tuple[int, int], batch: int, device: torch.device) -> torch.Tensor | None:
