@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def _check_volume(x: torch.Tensor, where: str) -> None:
@@ -47,13 +48,17 @@ class CenterPivotConv4d(nn.Module):
         b, c, h1, w1, h2, w2 = x.shape
         if c != self.in_channels:
             raise ValueError(f"CenterPivotConv4d was built for {self.in_channels} input channels, got {c}")
-        co = self.out_channels
-        # Every exemplar position becomes a batch row of a 2D conv over the target grid, and vice versa.
-        xt = x.permute(0, 4, 5, 1, 2, 3).reshape(b * h2 * w2, c, h1, w1)
-        yt = self.target_conv(xt).view(b, h2, w2, co, h1, w1).permute(0, 3, 4, 5, 1, 2)
-        xe = x.permute(0, 2, 3, 1, 4, 5).reshape(b * h1 * w1, c, h2, w2)
-        ye = self.exemplar_conv(xe).view(b, h1, w1, co, h2, w2).permute(0, 3, 1, 2, 4, 5)
-        return yt + ye + self.bias.view(1, co, 1, 1, 1, 1)
+        co, pad = self.out_channels, self.kernel_size // 2
+        # Each 2D conv is a 3D conv with a flat third kernel dim on a *view* of the volume: the target
+        # conv sees (b, c, h1, w1, h2*w2) and slides over (h1, w1) only; the exemplar conv sees
+        # (b, c, h1*w1, h2, w2) and slides over (h2, w2) only. No permuted copies of the volume: at
+        # SD's 32^4 those copies and the strided sum of the two results cost more than the convolutions
+        # (one adapter call, 8 rows, 2 CPU cores: 1.70 s a row with permutes, 0.63 s like this).
+        # The weights stay the two Conv2d modules' own, so checkpoints are unchanged.
+        yt = F.conv3d(x.reshape(b, c, h1, w1, h2 * w2), self.target_conv.weight.unsqueeze(-1), padding=(pad, pad, 0))
+        ye = F.conv3d(x.reshape(b, c, h1 * w1, h2, w2), self.exemplar_conv.weight.unsqueeze(2), padding=(0, pad, pad))
+        # In place: the convolutions' backward needs their inputs and weights, not their outputs.
+        return yt.view(b, co, h1, w1, h2, w2).add_(ye.view(b, co, h1, w1, h2, w2)).add_(self.bias.view(1, co, 1, 1, 1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
