@@ -99,3 +99,10 @@ def test_reading_a_bad_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match="not an amlight checkpoint"):
         read_checkpoint(tmp_path / "plain.ckpt")
+
+
+def test_a_checkpoint_of_the_other_stage_is_named_as_such(tmp_path):
+    torch.save({"amlight": {"format_version": 1, "stage": "adapter"}, "state_dict": {}}, tmp_path / "s2.ckpt")
+    with pytest.raises(CheckpointError, match=r"s2.ckpt is a stage-2 \(adapter\) checkpoint, but a stage-1 "
+                                              r"\(generation\) checkpoint is needed here"):
+        read_checkpoint(tmp_path / "s2.ckpt", expect_stage="generation")

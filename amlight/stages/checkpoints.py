@@ -34,8 +34,12 @@ def read_checkpoint(path: str | Path, expect_stage: str | None = None) -> dict[s
             f"({FORMAT_VERSION}); upgrade amlight"
         )
     if expect_stage is not None and info.get("stage") != expect_stage:
-        raise CheckpointError(f"{path} is a {info.get('stage')!r} checkpoint, expected a {expect_stage!r} one")
+        found, wanted = _STAGE_NAMES.get(info.get("stage"), repr(info.get("stage"))), _STAGE_NAMES.get(expect_stage, expect_stage)
+        raise CheckpointError(f"{path} is a {found} checkpoint, but a {wanted} checkpoint is needed here")
     return ckpt
+
+
+_STAGE_NAMES = {"generation": "stage-1 (generation)", "adapter": "stage-2 (adapter)"}
 
 
 def plain(value: Any) -> Any:
