@@ -392,8 +392,10 @@ PROBES: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
-def run_probe(name: str, threads: int, timeout: float = 1800) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "amlight.benchmarks.train_speed", "--probe", name, "--threads", str(threads)]
+def run_probe(name: str, threads: int, timeout: float = 1800, module: str = "amlight.benchmarks.train_speed",
+              extra: list[str] | None = None) -> dict[str, Any]:
+    """Run probe ``name`` of ``module`` in a fresh interpreter (its ``--probe`` entry point); its JSON line."""
+    cmd = [sys.executable, "-m", module, "--probe", name, "--threads", str(threads), *(extra or [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:

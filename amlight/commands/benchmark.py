@@ -1,6 +1,7 @@
 """``python -m amlight benchmark train``: step time of stage 2 against stage 1, and the adapter's memory.
 ``python -m amlight benchmark pipeline``: inference UNet evaluations and seconds per (exemplar, target)
 pair, the pipeline against the reference schedule.
+``python -m amlight benchmark memory``: peak memory of the pipeline's memory options on one SD 1.5 layer.
 
 Each prints a table and writes the full record (every timing, the machine's load) as JSON.
 """
@@ -77,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     # Skip the untimed warm-up run (tests only).
     pipeline.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
+
+    memory = sub.add_parser(
+        "memory",
+        help="peak memory of the pipeline's memory options on one SD 1.5 64x64 self-attention layer (CPU)",
+        description="One classifier-free-guidance read (2 rows) of SD 1.5's first 64x64 self-attention layer "
+        "at 512x512, each case in a fresh process: augmented and hard_mask whole and with attention_chunk "
+        "1024, augmented in bfloat16, and adapter (never chunked). Prints the peak resident memory each read "
+        "adds and its ratio to the same read without the option; checks chunked output equals whole.",
+    )
+    memory.add_argument("--out", metavar="FILE.json", default="runs/benchmarks/memory_options.json",
+                        help="JSON record (default: %(default)s)")
+    memory.add_argument("--threads", type=_positive, default=None, help="torch threads (default: every core)")
+    # The test suite's shrunken layer (8x8, 2 heads): seconds; numbers not comparable.
+    memory.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -100,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.benchmark == "pipeline":
         return _pipeline_main(args)
+    if args.benchmark == "memory":
+        return _memory_main(args)
 
     from amlight.benchmarks.train_speed import format_table, train_benchmark
 
@@ -136,6 +153,21 @@ def _pipeline_main(args: argparse.Namespace) -> int:
         threads=args.threads, seed=args.seed, warmup=not args.no_warmup, progress=progress,
     )
     out = Path(args.out or f"runs/benchmarks/pipeline_{preset.name}.json")
+    write_json_atomic(out, result)
+    print(format_table(result))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _memory_main(args: argparse.Namespace) -> int:
+    from amlight.benchmarks.memory_options import format_table, memory_options_benchmark
+    from amlight.benchmarks.train_speed import available_cores
+
+    def progress(message: str) -> None:
+        print(f"[benchmark memory] {message}", file=sys.stderr, flush=True)
+
+    result = memory_options_benchmark(args.threads or available_cores(), tiny=args.tiny, progress=progress)
+    out = Path(args.out)
     write_json_atomic(out, result)
     print(format_table(result))
     print(f"\nwrote {out}")
