@@ -173,3 +173,16 @@ def test_one_exemplar_serving_many_targets_is_projected_once(tiny_model, tiny_ba
     finally:
         handle.remove()
     assert torch.allclose(shared, copied, atol=1e-5)
+
+
+def test_a_keep_mask_that_keeps_every_row_adds_no_attention_mask():
+    # Otherwise every row would go through masked attention for nothing (slower, same result).
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    common = dict(mode="read", latent_size=(8, 8), target_labels=labels, exemplar_labels=labels)
+    all_kept = ExemplarContext(exemplar_keep=torch.tensor([True, True]), **common)
+    assert all_kept.cross_mask((4, 4), 2, torch.device("cpu")) is None and all_kept.row_split(2, "cpu") is None
+    one_dropped = ExemplarContext(exemplar_keep=torch.tensor([True, False]), **common)
+    mask = one_dropped.cross_mask((4, 4), 2, torch.device("cpu"))
+    assert mask[0].all() and not mask[1].any()
+    hard = ExemplarContext(attention="hard_mask", exemplar_keep=torch.tensor([True, True]), **common)
+    assert torch.equal(hard.cross_mask((4, 4), 2, torch.device("cpu")), hard.cost((4, 4)))

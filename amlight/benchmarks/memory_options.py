@@ -30,8 +30,12 @@ class Case:
     chunk: int | None = None
     dtype: str = "float32"
 
+    def chunk_for(self, override: int | None = None) -> int | None:
+        """The case's chunk, or ``override`` (the shrunken test layer's) when the case chunks at all."""
+        return override if (override and self.chunk) else self.chunk
+
     def label(self, chunk: int | None = None) -> str:
-        chunk = chunk if (chunk and self.chunk) else self.chunk
+        chunk = self.chunk_for(chunk)
         text = self.attention + (f", attention_chunk {chunk}" if chunk else ", whole")
         return text + ("" if self.dtype == "float32" else f", {self.dtype}")
 
@@ -76,7 +80,7 @@ def read_layer(case: Case, layer: dict = SD15_LAYER, chunk_override: int | None 
     n = s["latent"] ** 2
     hidden = torch.randn(rows, n, s["query_dim"], generator=g).to(dtype)
     bank = torch.randn(1, n, s["query_dim"], generator=g).to(dtype)
-    chunk = chunk_override if (chunk_override and case.chunk) else case.chunk
+    chunk = case.chunk_for(chunk_override)
     ctx = ExemplarContext(
         mode="read", latent_size=(s["latent"], s["latent"]), features={processor.name: bank},
         attention=case.attention, adapter=adapter, exemplar_keep=torch.tensor([False, True]),
@@ -115,7 +119,7 @@ def memory_options_benchmark(threads: int, tiny: bool = False,
             progress(f"{case.label(chunk)} (fresh process)")
         extra = ["--tiny"] if tiny else []
         cases[name] = {"label": case.label(chunk), "attention": case.attention, "dtype": case.dtype,
-                       "chunk": chunk if case.chunk else None,
+                       "chunk": case.chunk_for(chunk),
                        **run_probe(name, threads, module="amlight.benchmarks.memory_options", extra=extra)}
     for name, base in BASELINE.items():
         peak, base_peak = cases[name]["peak_bytes"], cases[base]["peak_bytes"]

@@ -137,7 +137,9 @@ class ExemplarContext:
         mask = None
         if self.attention == "hard_mask":
             mask = self.cost(size)
-        if self.exemplar_keep is not None:
+        # Only when some row may not read: an all-True keep mask would just send every row through
+        # the slower masked attention (stage 1 with exemplar dropout draws one in most steps).
+        if self.row_split(batch, device) is not None:
             keep = self.exemplar_keep.to(device=device, dtype=torch.bool).view(batch, 1, 1)
             n = size[0] * size[1]
             mask = keep.expand(batch, n, n) if mask is None else (mask & keep)
