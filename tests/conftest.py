@@ -1,10 +1,18 @@
 import os
+import sys
 
 import pytest
 import torch
 
 # Two cores on the reference machine: keep torch from oversubscribing them in tests.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _argv_without_pytest_flags(monkeypatch):
+    """Commands under test get their argv explicitly; pytest's own flags in sys.argv would make
+    LightningCLI warn that it was given both."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
 
 
 @pytest.fixture
