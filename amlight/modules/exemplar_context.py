@@ -138,7 +138,7 @@ class ExemplarContext:
         if self.attention == "hard_mask":
             mask = self.cost(size)
         # Only when some row may not read: an all-True keep mask would just send every row through
-        # the slower masked attention (stage 1 with exemplar dropout draws one in most steps).
+        # the slower masked attention (stage 1, dropout 0.1, batch 8: 0.9^8 = 43 % of steps keep every row).
         if self.row_split(batch, device) is not None:
             keep = self.exemplar_keep.to(device=device, dtype=torch.bool).view(batch, 1, 1)
             n = size[0] * size[1]
