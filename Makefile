@@ -6,7 +6,7 @@ STAMP := $(VENV)/.amlight-installed
 QS := runs/quickstart
 DEMO_EVAL_PAIRS ?= 8
 
-.PHONY: demo test test-slow install clean-runs benchmark
+.PHONY: demo test test-slow install clean-runs benchmark rehearse-sd15 gpu-check
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # The offline default: synthetic scenes + tiny backbone, trained on the CPU: stage 1, then stage 2.
+# Re-runnable: --ckpt_path last starts a stage, resumes it after a kill, or skips it when complete.
 demo: $(STAMP)
-	$(PY) -m amlight fit --config configs/quickstart/stage1.yaml
-	$(PY) -m amlight fit --config configs/quickstart/stage2.yaml
+	$(PY) -m amlight fit --config configs/quickstart/stage1.yaml --ckpt_path last
+	$(PY) -m amlight fit --config configs/quickstart/stage2.yaml --ckpt_path last
 	$(PY) -m amlight generate --stage1 $(QS)/stage1/checkpoints/last.ckpt --adapter $(QS)/stage2/checkpoints/last.ckpt \
 		--pairs data/synthetic/val/pairs.json --out $(QS)/generate --triplets
 	$(PY) -m amlight evaluate --stage1 $(QS)/stage1/checkpoints/last.ckpt --adapter $(QS)/stage2/checkpoints/last.ckpt \
@@ -41,6 +42,16 @@ test: $(STAMP)
 # Heavy checks (end-to-end training runs); CI runs them in a bounded form.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# SD 1.5 at 512 px on the CPU: the shipped configs/sd15/cityscapes stage 1 + stage 2, generate, evaluate,
+# on SD 1.5's exact architecture with random weights (runs/sd15-standin, 3.9 GiB) and synthetic scenes in
+# Cityscapes' layout (runs/sd15-fixture). Wall time and peak memory per phase: runs/rehearse-sd15/rehearsal.md
+rehearse-sd15: $(STAMP)
+	$(PY) -m amlight rehearse sd15 --eval-modes adapter
+
+# On a CUDA machine: SD-1.5-sized speed and memory figures in one table (under 8 minutes).
+gpu-check: $(STAMP)
+	$(PY) -m amlight benchmark gpu
 
 clean-runs:
 	rm -rf runs

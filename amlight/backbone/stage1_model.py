@@ -57,7 +57,8 @@ def file_sha256(path: str | Path) -> str:
 def load_stage1(path: str | Path) -> Stage1Model:
     """The frozen stage-1 model of a GenerationStage checkpoint (cached per path and content hash)."""
     from amlight.modules.exemplar_unet import build_exemplar_unet
-    from amlight.stages.checkpoints import CheckpointError, read_checkpoint
+    # amlight.checkpoint_files, not amlight.stages: backbone/ never imports upwards into stages/.
+    from amlight.checkpoint_files import CheckpointError, read_checkpoint
 
     path = Path(path)
     ckpt = read_checkpoint(path, expect_stage="generation")

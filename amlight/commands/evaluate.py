@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_or_exit_code(build_parser(), argv)
     if isinstance(args, int):
         return args
+    new_folder = _first_missing(Path(args.out))  # removed again if the run fails before writing into it
     try:
         return run(args, argv)
     except KeyboardInterrupt:
@@ -318,4 +319,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
+        _remove_empty_folders(new_folder)
         return EXIT_ERROR
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The highest folder of ``path`` (or itself) that does not exist yet: the --out write test creates it."""
+    missing = None
+    for candidate in [path.absolute(), *path.absolute().parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _remove_empty_folders(top: Path | None) -> None:
+    """A failed start leaves no empty --out folder behind (a folder with files in it stays)."""
+    if top is None or not top.is_dir():
+        return
+    for folder in sorted((p for p in [top, *top.rglob("*")] if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()

@@ -45,11 +45,16 @@ def main(argv: list[str]) -> int:
         print(f"probe: {e}", file=sys.stderr)
         return 1
     modes = args.modes or (["augmented", "hard_mask"] + (["adapter"] if adapter is not None else []))
-    data = ExemplarPairDataModule(
-        dataset=args.dataset, root=args.root, resolution=args.resolution, max_val_samples=args.pairs, val_batch_size=8
-    )
-    data.prepare_data()
-    data.setup("validate")
+    try:
+        data = ExemplarPairDataModule(
+            dataset=args.dataset, root=args.root, resolution=args.resolution, max_val_samples=args.pairs, val_batch_size=8
+        )
+        data.prepare_data()
+        data.setup("validate")
+    except (ValueError, KeyError, OSError) as e:  # unknown dataset, unreadable files: one line, no traceback
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"probe: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
     sums = {m: {"same_class_mass": 0.0, "exemplar_share": 0.0} for m in modes}
     count = 0
     for batch in data.val_dataloader():

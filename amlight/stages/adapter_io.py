@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from amlight.atomic_write import atomic_write
 from amlight.backbone.stage1_model import Stage1Model
 from amlight.modules.adapter import AMAdapter
-from amlight.stages.checkpoints import CheckpointError, read_checkpoint
+from amlight.checkpoint_files import CheckpointError, check_safetensors_file, read_checkpoint
 
 
 def _adapter_state(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -43,14 +43,12 @@ def read_adapter_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise CheckpointError(f"adapter file {path} does not exist")
     if path.suffix == ".safetensors":
+        meta = check_safetensors_file(path)  # one-line error for a truncated or foreign file
         try:
-            with open(path, "rb") as f:
-                header_len = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(header_len))
-            meta = header.get("__metadata__", {})
             state = load_file(path)
         except (SafetensorError, ValueError, OSError) as e:
-            raise CheckpointError(f"cannot read adapter file {path}: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path} is truncated or not a safetensors file ({first})") from None
         if meta.get("amlight_stage") != "adapter":
             raise CheckpointError(f"{path} is not an amlight adapter file (no adapter metadata)")
         return state, {"adapter": json.loads(meta["adapter_config"]), "stage1": json.loads(meta.get("stage1", "{}"))}

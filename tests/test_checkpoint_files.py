@@ -1,0 +1,105 @@
+"""One loader, one wording: a cut-off, empty, foreign or unsafe checkpoint is a one-line error that
+names the file (issue 11, item 4)."""
+import zipfile
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from amlight.checkpoint_files import CheckpointError, check_safetensors_file, load_torch_file, read_checkpoint
+
+
+class NotAWeight:
+    pass
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "good.ckpt"
+    torch.save({"amlight": {"format_version": 1, "stage": "generation"}, "w": torch.randn(64, 64)}, path)
+    return path
+
+
+def _one_line(error) -> str:
+    text = str(error.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.5, 0.99])
+def test_a_cut_off_checkpoint_is_named_truncated(good, tmp_path, keep):
+    data = good.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError) as error:
+        load_torch_file(cut)
+    assert _one_line(error).startswith(f"{cut} is truncated or not a PyTorch checkpoint (")
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"", "the file is empty"),
+    (b"hello world\n", "12 bytes of text, not a zip archive"),
+    (bytes(range(200, 256)), "56 bytes of binary data, not a zip archive"),
+])
+def test_an_empty_or_foreign_file_says_what_it_is(tmp_path, content, why):
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert _one_line(error).startswith(f"{path} is truncated or not a PyTorch checkpoint ({why}")
+
+
+def test_a_zip_that_torch_did_not_write(tmp_path):
+    path = tmp_path / "other.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("readme.txt", "hi")
+    with pytest.raises(CheckpointError, match=r"other\.ckpt is truncated or not a PyTorch checkpoint \(a zip archive "
+                                              r"without the data\.pkl record"):
+        load_torch_file(path)
+
+
+def test_pickled_objects_are_refused_not_run(tmp_path):
+    path = tmp_path / "objects.ckpt"
+    torch.save({"thing": NotAWeight()}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_torch_file(path)
+    assert "objects.ckpt holds Python objects other than tensors and plain values" in _one_line(error)
+
+
+def test_a_folder_or_a_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=f"--ckpt_path {tmp_path} is a directory"):
+        load_torch_file(tmp_path, what="--ckpt_path")
+    with pytest.raises(CheckpointError, match="checkpoint .*nope.ckpt does not exist"):
+        load_torch_file(tmp_path / "nope.ckpt")
+
+
+def test_safetensors_cut_off_or_foreign(tmp_path):
+    path = tmp_path / "a.safetensors"
+    save_file({"w": torch.randn(32, 32)}, path, metadata={"amlight_stage": "adapter"})
+    assert check_safetensors_file(path) == {"amlight_stage": "adapter"}
+    data = path.read_bytes()
+    for name, content, why in [("short", data[:5], "shorter than the 8-byte header length"),
+                               ("header", data[:40], "the header claims"),
+                               ("tensors", data[:-10], "the tensors need"),
+                               ("text", b"x" * 8 + b"{}" * 10, "the header claims")]:
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError) as error:
+            check_safetensors_file(bad)
+        assert _one_line(error).startswith(f"{bad} is truncated or not a safetensors file (") and why in str(error.value)
+
+
+def test_every_loader_uses_it(good, tmp_path):
+    """--stage1 / stage1_checkpoint (load_stage1) and --adapter (read_adapter_file) word it the same."""
+    from amlight.backbone.stage1_model import load_stage1
+    from amlight.stages.adapter_io import read_adapter_file
+
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:100])
+    for load in (load_stage1, read_adapter_file):
+        with pytest.raises(CheckpointError, match=f"{cut} is truncated or not a PyTorch checkpoint"):
+            load(cut)
+    cut_st = tmp_path / "cut.safetensors"
+    cut_st.write_bytes(b"\x10" + b"\x00" * 7 + b"{")
+    with pytest.raises(CheckpointError, match=f"{cut_st} is truncated or not a safetensors file"):
+        read_adapter_file(cut_st)

@@ -1,0 +1,119 @@
+"""Training survives a kill: checkpoints are written atomically, and `fit --ckpt_path last` goes on
+from the last one with the same step, optimiser and LR-scheduler state (issue 11)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from amlight.stages.checkpoints import read_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+_WRITER = r"""
+import sys, torch
+from amlight.checkpoint_io import AtomicCheckpointIO
+io, path, i = AtomicCheckpointIO(), sys.argv[1], 0
+while True:
+    io.save_checkpoint({"i": i, "w": torch.full((2_000_000,), float(i))}, path)
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_a_kill_during_checkpoint_writes_leaves_a_complete_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    child = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        for _ in range(3):  # a few complete saves, then a kill in the middle of the following ones
+            assert child.stdout.readline(), "the writer died"
+        time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["i"] >= 2 and torch.equal(ckpt["w"], torch.full((2_000_000,), float(ckpt["i"])))
+    # The next save removes what the killed write left beside the file.
+    from amlight.checkpoint_io import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"i": -1}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_truncated_ckpt_path_is_one_line():
+    from amlight.checkpoint_files import CheckpointError
+    from amlight.checkpoint_io import AtomicCheckpointIO
+
+    with pytest.raises(CheckpointError, match=r"x\.ckpt does not exist"):
+        AtomicCheckpointIO().load_checkpoint("/nowhere/x.ckpt")
+
+
+def _config(stage: str, tmp_path: Path, steps: int, stage1: Path | None = None) -> Path:
+    """The quickstart config, shrunk: a checkpoint every 3 steps, no validation, tiny model and data."""
+    cfg = yaml.safe_load((REPO / f"configs/quickstart/{stage}.yaml").read_text())
+    cfg["trainer"].update(max_steps=steps, val_check_interval=1000, enable_progress_bar=False, log_every_n_steps=1)
+    cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    cfg["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] = 3
+    cfg["data"]["init_args"].update(root=str(tmp_path / "data"), batch_size=2, resolution=16, max_val_samples=2,
+                                    synthetic={"num_train": 8, "num_val_groups": 1, "height": 32, "width": 32})
+    if stage == "stage1":
+        cfg["model"]["init_args"].update(backbone_options={"block_out_channels": [16, 32], "attention_heads": 2},
+                                         guidance_channels=16)
+    else:
+        cfg["model"]["init_args"]["stage1_checkpoint"] = str(stage1)
+    path = tmp_path / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _kill_after_first_checkpoint(cmd, run: Path, cwd: Path) -> int:
+    child = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists():
+        assert child.poll() is None, f"fit ended before its first checkpoint: {child.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return torch.load(last, weights_only=True, mmap=True)["global_step"]
+
+
+def _kill_and_resume(stage: str, tmp_path: Path, steps: int, stage1: Path | None = None) -> Path:
+    config = _config(stage, tmp_path, steps, stage1)
+    run = tmp_path / f"run_{stage}"
+    cmd = [sys.executable, "-m", "amlight", "fit", "--config", str(config), "--trainer.default_root_dir", str(run)]
+    killed_at = _kill_after_first_checkpoint(cmd, run, tmp_path)
+    assert 3 <= killed_at < steps  # killed in the middle of the run
+    first_config = (run / "config.yaml").read_bytes()
+
+    result = subprocess.run([*cmd, "--ckpt_path", "last"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt", expect_stage="generation" if stage == "stage1" else "adapter")
+    assert ckpt["global_step"] == steps
+    # Restored, not restarted: the scheduler and Adam counted every step of both processes.
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == steps
+    assert int(next(iter(ckpt["optimizer_states"][0]["state"].values()))["step"]) == steps
+    assert (run / "config.yaml").read_bytes() == first_config and (run / "config.resume-1.yaml").is_file()
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_stage1_then_stage2_resume_after_sigkill(tmp_path):
+    stage1 = _kill_and_resume("stage1", tmp_path, steps=24)
+    from amlight.backbone.stage1_model import load_stage1
+
+    assert load_stage1(stage1).num_classes == 10  # the final checkpoint loads as a stage-1 model
+    stage2 = _kill_and_resume("stage2", tmp_path, steps=12, stage1=stage1)
+    from amlight.stages.adapter_io import read_adapter_file
+
+    weights, record = read_adapter_file(stage2)
+    assert weights and record["stage1"]["path"] == str(stage1)
