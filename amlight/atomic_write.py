@@ -20,8 +20,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         write(tmp)
+        # After writing: some writers (safetensors' save_file) replace the file and its mode with 0600.
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

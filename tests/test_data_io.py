@@ -218,10 +218,15 @@ def test_grey_palette_colours_still_read_as_colour(tmp_path):
     np.testing.assert_array_equal(load_labels(save(meta.colorize(labels), tmp_path / "g.png"), meta), labels)
 
 
-def test_index_format_rejects_colour_file(tmp_path):
+def test_index_format_reads_a_colour_file_in_the_palette_and_rejects_one_off_it(tmp_path):
+    # An RGB file with colours cannot be an index map: with only palette colours it is a colour label
+    # (issue 13: colour PNGs with the synthetic palette were rejected); with others it stays an error.
     path = save(META.colorize(LABELS), tmp_path / "c.png")
-    with pytest.raises(DataFileError, match="colour image"):
-        load_labels(path, META, label_format="index")
+    np.testing.assert_array_equal(load_labels(path, META, label_format="index"), LABELS)
+    off = META.colorize(LABELS)
+    off[0, 0] = (1, 2, 3)
+    with pytest.raises(DataFileError, match="colour image whose colours are not all in the palette"):
+        load_labels(save(off, tmp_path / "off.png"), META, label_format="index")
 
 
 def test_colour_mapping_is_exact_on_a_large_random_map(tmp_path):

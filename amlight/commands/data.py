@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split", metavar="S", help="check only this split (default: every split found)")
     check.add_argument("--max-files", metavar="N", type=_positive_int,
                        help="read at most N pairs per split (quick look at a large dataset)")
+    check.add_argument("--batch-size", metavar="N", type=_positive_int, default=8,
+                       help="your config's data batch_size, for the 'For fit' lines: batches per epoch, "
+                       "or whether fit would get no batch at all (default: %(default)s, the DataModule's)")
     return parser
 
 
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from amlight.data.registry import UnknownDatasetError
 
     try:
-        report = check_dataset(args.dataset, root=args.root, split=args.split, max_files=args.max_files)
+        report = check_dataset(args.dataset, root=args.root, split=args.split, max_files=args.max_files,
+                               batch_size=args.batch_size)
     except UnknownDatasetError as exc:
         print(f"{parser.prog} check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -4,15 +4,25 @@ from __future__ import annotations
 import argparse
 import sys
 
+from amlight.commands import parse_or_exit_code
 
-def main(argv: list[str]) -> int:
+PROG = "python -m amlight export-adapter"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m amlight export-adapter",
+        prog=PROG,
         description="Export the adapter of a stage-2 (AdapterStage) checkpoint to a safetensors file.",
     )
     parser.add_argument("checkpoint", help="stage-2 checkpoint (.ckpt)")
     parser.add_argument("out", help="output file (.safetensors)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     from amlight.stages.adapter_io import export_adapter
     from amlight.stages.checkpoints import CheckpointError
 
@@ -21,5 +31,19 @@ def main(argv: list[str]) -> int:
     except CheckpointError as e:
         print(f"export-adapter: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the output cannot be written: say where and why, not a traceback
+        print(f"export-adapter: cannot write {args.out}: {_why_unwritable(args.out, e)}. Choose a writable path",
+              file=sys.stderr)
+        return 1
     print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
     return 0
+
+
+def _why_unwritable(out: str, error: OSError) -> str:
+    from pathlib import Path
+
+    parent = Path(out).absolute().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        return f"{existing} is a file, not a folder"  # mkdir's own "File exists" misleads here
+    return error.strerror or str(error)

@@ -143,13 +143,16 @@ def _match(pred: dict[str, Path], other: dict[str, Path], what: str, other_dir: 
 
 def _metadata_and_settings(data: str | None):
     from amlight.data.datasets.folder import CLASSES_FILE, load_classes_yaml, read_classes_settings
-    from amlight.data.registry import get_dataset_entry, registered_datasets
+    from amlight.data.registry import UnknownDatasetError, get_dataset_entry, is_module_spec, registered_datasets
 
     if data is None:
         raise _InputError("--labels needs --data NAME_OR_DIR to know the classes (a registered dataset name "
                           f"such as {', '.join(registered_datasets())}, or a folder with {CLASSES_FILE})", code=2)
-    if data in registered_datasets():
-        entry = get_dataset_entry(data)
+    if data in registered_datasets() or is_module_spec(data):  # a name, or my_pkg.my_module:NAME
+        try:
+            entry = get_dataset_entry(data)
+        except UnknownDatasetError as exc:
+            raise _InputError(f"--data: {exc}", code=2) from None
         if entry.metadata is not None:
             return entry.metadata, {}
     folder = Path(data)

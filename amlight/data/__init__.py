@@ -7,6 +7,10 @@ from amlight.data.registry import (
     registered_datasets,
 )
 
+# The built-in datasets register themselves on import. Importing them here, after the registry,
+# means any `from amlight.data... import` sees them, and the registry never imports its datasets.
+from amlight.data import datasets  # noqa: E402,F401
+
 __all__ = [
     "DatasetMetadata",
     "ExemplarPairDataModule",

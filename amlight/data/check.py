@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from amlight.data.datasets.folder import SplitNotFoundError
+from amlight.data.holdout import DEFAULT_VAL_HOLDOUT, holdout_count, train_batches
 from amlight.data.io import DataFileError
 from amlight.data.registry import (
     DatasetEntry,
     DatasetMetadata,
     UnknownDatasetError,
     get_dataset_entry,
+    is_module_spec,
     registered_datasets,
 )
 
@@ -56,6 +59,8 @@ class CheckReport:
     total_pixels: int = 0
     problems: list[Problem] = field(default_factory=list)
     max_files: int | None = None
+    fit_notes: list[str] = field(default_factory=list)  # what `fit` will make of the splits found
+    fit_batch_size: int = 8
 
     @property
     def ok(self) -> bool:
@@ -80,7 +85,7 @@ class CheckReport:
 def _resolve(name_or_dir: str, root: str | Path | None) -> tuple[DatasetEntry, Path]:
     name_or_dir = str(name_or_dir)
     known = registered_datasets()
-    if name_or_dir not in known:
+    if name_or_dir not in known and not is_module_spec(name_or_dir):
         if not Path(name_or_dir).is_dir():
             raise UnknownDatasetError(
                 f"{name_or_dir!r} is neither a registered dataset nor an existing folder; registered datasets: "
@@ -144,13 +149,20 @@ def check_dataset(
     split: str | None = None,
     max_files: int | None = None,
     workers: int | None = None,
+    batch_size: int = 8,
+    train_split: str = "train",
+    val_split: str = "val",
+    val_holdout: float = DEFAULT_VAL_HOLDOUT,
+    drop_last: bool = True,
 ) -> CheckReport:
     """Load every image/label pair of a dataset (all its splits unless ``split``) and report all problems.
 
     ``name_or_dir`` is a registered dataset name (``root`` then says where it lives) or a folder in
     the ``folder`` format. ``max_files`` limits the pairs read per split. Raises
     :class:`UnknownDatasetError` for an unknown name and ValueError for a missing root; everything
-    wrong with the data itself ends up in :attr:`CheckReport.problems`.
+    wrong with the data itself ends up in :attr:`CheckReport.problems`. ``batch_size`` ... ``drop_last``
+    are the DataModule's settings (its defaults): :attr:`CheckReport.fit_notes` says what ``fit`` will do
+    with the splits found (held-out validation slice, batches per epoch, no batch at all).
     """
     if max_files is not None and max_files < 1:
         raise ValueError(f"max_files must be at least 1, got {max_files}")
@@ -164,6 +176,7 @@ def check_dataset(
         # With no split found on disk, building "train" still runs and yields the builder's own
         # explanation of the layout it expected.
         splits = (list(lister(root)) if lister else list(_DEFAULT_SPLITS)) or ["train"]
+    guessed_splits = split is None and not entry.extra.get("splits")
 
     pixels = images = None
     workers = workers or min(8, os.cpu_count() or 1)
@@ -172,6 +185,8 @@ def check_dataset(
             try:
                 source = _build(entry, root, split_name)
             except Exception as exc:  # noqa: BLE001 - report it and check the other splits
+                if guessed_splits and split_name != train_split and isinstance(exc, SplitNotFoundError):
+                    continue  # a guessed val split that is not there: fit holds out a slice (see fit_notes)
                 report.add_problem(exc, root)
                 continue
             for problem in getattr(source, "problems", ()):
@@ -196,6 +211,9 @@ def check_dataset(
                 for problem in problems:
                     report.add_problem(problem, _scene_file(source, index))
 
+    if split is None:
+        report.fit_batch_size = batch_size
+        report.fit_notes = fit_notes(report.counts, batch_size, train_split, val_split, val_holdout, drop_last)
     if pixels is not None:
         report.class_pixels = pixels.tolist()
         report.class_images = images.tolist()
@@ -207,6 +225,45 @@ def check_dataset(
                 "no labelled pixels",
             ))
     return report
+
+
+def fit_notes(counts: dict[str, int], batch_size: int = 8, train_split: str = "train", val_split: str = "val",
+              val_holdout: float = DEFAULT_VAL_HOLDOUT, drop_last: bool = True) -> list[str]:
+    """What ExemplarPairDataModule will make of these split sizes, as lines for the user (same arithmetic:
+    :mod:`amlight.data.holdout`)."""
+    from amlight.data.datasets.folder import FLAT_SPLIT
+
+    notes: list[str] = []
+    flag = "--data.init_args."
+    if FLAT_SPLIT in counts and len(counts) == 1:
+        notes.append(f"no split folders: every split reads the same {counts[FLAT_SPLIT]} pairs, so validation "
+                     "sees the training pairs (make train/ and val/ folders to hold pairs out)")
+        num_train = counts[FLAT_SPLIT]
+    elif train_split not in counts:
+        return [f"no {train_split!r} split: fit needs one ({flag}train_split NAME picks another)"]
+    else:
+        num_train = counts[train_split]
+        if val_split not in counts:
+            held = holdout_count(num_train, val_holdout)
+            if held:
+                notes.append(f"no {val_split!r} split: fit holds out {held} of the {num_train} {train_split!r} pairs "
+                             f"for validation (val_holdout {val_holdout}; {flag}val_split NAME uses another split)")
+                num_train -= held
+            else:
+                notes.append(f"no {val_split!r} split and too few {train_split!r} pairs to hold one out: fit needs "
+                             f"{flag}val_split NAME (e.g. {train_split}) or a {val_split}/ folder")
+        else:
+            notes.append(f"validation: the {counts[val_split]} {val_split!r} pairs")
+    batches = train_batches(num_train, batch_size, drop_last)
+    if batches == 0:
+        notes.append(f"{num_train} training pairs, fewer than batch_size {batch_size}: "
+                     + ("with drop_last (the default) " if drop_last else "")
+                     + f"fit gets no batch and stops. Set {flag}batch_size {max(num_train, 1)} (or less)"
+                     + (f", {flag}drop_last false" if drop_last else "") + ", or add pairs")
+    else:
+        notes.append(f"training: {num_train} pairs, {batches} batch{'es' if batches != 1 else ''} of {batch_size} per epoch"
+                     + (" (the incomplete last one dropped)" if drop_last and num_train % batch_size else ""))
+    return notes
 
 
 def format_report(report: CheckReport, max_per_kind: int = 10) -> str:
@@ -261,6 +318,11 @@ def format_report(report: CheckReport, max_per_kind: int = 10) -> str:
                 lines.append(f"      {problem.message}")
             if len(problems) > max_per_kind:
                 lines.append(f"    ... and {len(problems) - max_per_kind} more")
+
+    if report.fit_notes:
+        lines.append("")
+        lines.append(f"For fit (batch_size {report.fit_batch_size}; another with --batch-size N):")
+        lines += [f"  {note}" for note in report.fit_notes]
 
     lines.append("")
     pairs = sum(report.checked.values())

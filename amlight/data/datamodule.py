@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from amlight.data.holdout import DEFAULT_VAL_HOLDOUT, split_off_holdout, train_batches
+from amlight.data.io import DataFileError
 from amlight.data.pairing import PairDataset, Pairing, read_pairs_file
 from amlight.data.registry import DatasetMetadata, build_dataset, get_dataset_entry
 
@@ -21,6 +23,11 @@ class ExemplarPairDataModule(L.LightningDataModule):
         val_pairs_file: pairs JSON for listed validation; default ``<root>/<val_split>/pairs.json`` if it exists.
         synthetic: generator parameters when dataset is "synthetic": the data is generated on first use.
         max_val_samples: cap on validation items (validation renders samples, which costs time on a CPU).
+        val_holdout: when the dataset has split folders but no ``val_split`` (a folder dataset with only
+            train/), this share of the train scenes (at least one) is held out for validation instead, the
+            same scenes on every run (drawn with ``seed``); 0 makes a missing val split an error.
+        drop_last: drop the last incomplete training batch (default). A train split with fewer pairs
+            than ``batch_size`` then gives no batch at all, which ``setup`` reports as an error.
         predict_split / predict_pairing / predict_pairs_file / max_predict_samples: the pairs ``predict``
             generates (``python -m amlight predict``; default: the listed pairs of
             ``<root>/<predict_split>/pairs.json``, all of them), unaugmented; batches of
@@ -52,6 +59,8 @@ class ExemplarPairDataModule(L.LightningDataModule):
         predict_pairs_file: str | None = None,
         max_predict_samples: int | None = None,
         predict_batch_size: int | None = None,
+        val_holdout: float = DEFAULT_VAL_HOLDOUT,
+        drop_last: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -60,6 +69,8 @@ class ExemplarPairDataModule(L.LightningDataModule):
         self.size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         self._metadata: DatasetMetadata | None = self.entry.metadata
         self.train_set = self.val_set = self.predict_set = None
+        self._train_src = self._val_src = None  # scene sources, after any held-out val slice
+        self.holdout_note: str | None = None
 
     # --- metadata, linked into the model's arguments by the CLI ---
     @property
@@ -106,35 +117,94 @@ class ExemplarPairDataModule(L.LightningDataModule):
         path = Path(pairs_file) if pairs_file else self.root / split / "pairs.json"
         return read_pairs_file(path)
 
+    def _val_source(self):
+        """The val split's scenes; without a val split, a held-out slice of train (train keeps the rest)."""
+        if self._val_src is None:
+            from amlight.data.datasets.folder import SplitNotFoundError
+
+            hp = self.hparams
+            if hp.val_split == hp.train_split:
+                self._val_src = self._train_source()
+                return self._val_src
+            try:
+                self._val_src = self._source(hp.val_split)
+            except SplitNotFoundError as exc:
+                train = self._source(hp.train_split)
+                if not hp.val_holdout or hp.val_holdout <= 0 or len(train) < 2:
+                    raise DataFileError(
+                        exc.path, exc.problem,
+                        "Set --data.init_args.val_split to an existing split, or val_holdout > 0 (with at least "
+                        "2 train pairs) to validate on a held-out share of train", kind=exc.kind,
+                    ) from None
+                self._train_src, self._val_src = split_off_holdout(train, hp.val_holdout, hp.seed)
+                self.holdout_note = (f"no {hp.val_split!r} split in {self.root}: validating on {len(self._val_src)} of "
+                                     f"the {len(train)} {hp.train_split!r} pairs held out (val_holdout "
+                                     f"{hp.val_holdout}), training on the other {len(self._train_src)}")
+        return self._val_src
+
+    def _train_source(self):
+        if self._train_src is None:
+            if self.hparams.val_split != self.hparams.train_split:
+                self._val_source()  # decides whether a slice of train is held out for validation
+            if self._train_src is None:
+                self._train_src = self._source(self.hparams.train_split)
+        return self._train_src
+
     def _dataset(self, split: str, pairing: str, pairs_file: str | None, augment: bool, limit=None,
-                 dataset_class: type[PairDataset] = PairDataset) -> PairDataset:
+                 dataset_class: type[PairDataset] = PairDataset, source=None) -> PairDataset:
         hp = self.hparams
         if pairing == "listed" and pairs_file is None and not (self.root / split / "pairs.json").exists():
             pairing = "self"  # no pairs file: validate on self-pairs
         return dataset_class(
-            self._source(split), pairing, self.size, augment=augment, scale=hp.scale, hflip=hp.hflip,
+            source if source is not None else self._source(split), pairing, self.size, augment=augment,
+            scale=hp.scale, hflip=hp.hflip,
             pairs=self._pairs(pairing, split, pairs_file), seed=hp.seed, limit=limit,
         )
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._dataset(hp.train_split, hp.train_pairing, hp.train_pairs_file, augment=True)
+            self.train_set = self._dataset(hp.train_split, hp.train_pairing, hp.train_pairs_file, augment=True,
+                                           source=self._train_source())
+            self._check_train_batches()
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._dataset(
-                hp.val_split, hp.val_pairing, hp.val_pairs_file, augment=False, limit=hp.max_val_samples
+                hp.val_split, hp.val_pairing, hp.val_pairs_file, augment=False, limit=hp.max_val_samples,
+                source=self._val_source(),
             )
+            if self.holdout_note:
+                from lightning.pytorch.utilities import rank_zero_info
+
+                rank_zero_info(f"amlight: {self.holdout_note}")
         if stage == "predict" and self.predict_set is None:
             self.predict_set = self._dataset(
                 hp.predict_split, hp.predict_pairing, hp.predict_pairs_file, augment=False,
                 limit=hp.max_predict_samples, dataset_class=NamedPairDataset,
             )
 
+    def _check_train_batches(self) -> None:
+        # Lightning treats an empty train loader as "nothing to do": a warning, exit 0 and no checkpoint.
+        hp = self.hparams
+        pairs = len(self.train_set)
+        if train_batches(pairs, hp.batch_size, hp.drop_last) > 0:
+            return
+        what = f"split {hp.train_split!r}" + (" (after the held-out val slice)" if self.holdout_note else "")
+        if pairs == 0:
+            raise DataFileError(self.root, f"{what} has no training pairs", "Add image/label pairs, or check "
+                                "train_split and train_pairs_file", kind="too few pairs")
+        raise DataFileError(
+            self.root,
+            f"{what} has {pairs} training pair(s), fewer than batch_size {hp.batch_size}, and the incomplete "
+            "last batch is dropped, so training would get no batch at all",
+            f"Set --data.init_args.batch_size {pairs} (or less), --data.init_args.drop_last false, or add pairs",
+            kind="too few pairs",
+        )
+
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-            persistent_workers=workers > 0, drop_last=shuffle,
+            persistent_workers=workers > 0, drop_last=shuffle and self.hparams.drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -3,10 +3,18 @@
 A dataset is registered once, with its metadata (class names, colours, ignore label) and a builder
 that turns a root folder and a split into a :class:`SceneSource`. Everything downstream (the
 DataModule, ``data check``, retrieval) asks the registry by name, so adding a dataset is one file
-with one :func:`register_dataset` call, imported from ``amlight/data/datasets/__init__.py``.
+with one :func:`register_dataset` call.
+
+Where registrations come from: the built-in datasets register on ``import amlight.data`` (its
+``__init__`` imports :mod:`amlight.data.datasets`; this module imports none of them, so there is no
+import circle); a dataset in the user's own module is named ``"my_pkg.my_module:NAME"`` (the module
+is imported on first use and must register NAME); an installed package can declare entry points in the
+group ``amlight.datasets`` (``NAME = my_pkg.my_module``, loaded when NAME is first asked for).
 """
 from __future__ import annotations
 
+import importlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -91,6 +99,10 @@ class UnknownDatasetError(KeyError):
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
+ENTRY_POINT_GROUP = "amlight.datasets"
+# "package.module:NAME": a dataset registered by the user's own module (a folder path never matches:
+# no slashes, and the part before the colon is a dotted Python name).
+_MODULE_SPEC = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[^:/\\]+$")
 
 
 def register_dataset(
@@ -99,34 +111,91 @@ def register_dataset(
     metadata: DatasetMetadata | None = None,
     description: str = "",
     default_root: str | None = None,
+    splits: Callable[[Path], Sequence[str]] | None = None,
 ) -> DatasetEntry:
-    """Register a dataset under ``name``. Registering a name twice is an error (it hides a typo)."""
+    """Register a dataset under ``name``. Registering a name twice is an error (it hides a typo).
+
+    ``splits(root)``, if given, lists the splits present on disk (``data check`` checks each one).
+    """
     if name in _REGISTRY:
         raise ValueError(f"dataset {name!r} is already registered")
     entry = DatasetEntry(name, builder, metadata, description, default_root)
+    if splits is not None:
+        entry.extra["splits"] = splits
     _REGISTRY[name] = entry
     return entry
 
 
+def is_module_spec(name: str) -> bool:
+    """Whether ``name`` has the form ``package.module:NAME`` (a dataset from the user's own module)."""
+    return bool(_MODULE_SPEC.match(str(name)))
+
+
+def _entry_points() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def registered_datasets() -> list[str]:
-    _ensure_builtin_datasets()
-    return sorted(_REGISTRY)
+    """Names registered so far plus those that installed packages declare as entry points."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
-    _ensure_builtin_datasets()
-    if name not in _REGISTRY:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if is_module_spec(name):
+        return _entry_from_module(name)
+    entry_point = _entry_points().get(name)
+    if entry_point is not None:
+        return _entry_from_entry_point(entry_point)
+    raise UnknownDatasetError(
+        f"unknown dataset {name!r}; registered datasets: {', '.join(registered_datasets())}. "
+        "A folder with images/, labels/ and classes.yaml works as dataset 'folder' "
+        "(or pass the folder path itself); a dataset registered in your own module is named "
+        "'my_pkg.my_module:NAME'."
+    )
+
+
+def _entry_from_module(spec: str) -> DatasetEntry:
+    module_name, _, name = spec.partition(":")
+    before = set(_REGISTRY)
+    try:
+        importlib.import_module(module_name)
+    except ImportError as exc:
         raise UnknownDatasetError(
-            f"unknown dataset {name!r}; registered datasets: {', '.join(sorted(_REGISTRY))}. "
-            "A folder with images/, labels/ and classes.yaml works as dataset 'folder' "
-            "(or pass the folder path itself)."
+            f"dataset {spec!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}). "
+            "Install its package or put the folder that holds it on PYTHONPATH"
+        ) from None
+    if name not in _REGISTRY:
+        added = sorted(set(_REGISTRY) - before)
+        raise UnknownDatasetError(
+            f"dataset {spec!r}: module {module_name!r} registered no dataset {name!r} "
+            f"({'it registered ' + ', '.join(added) if added else 'it registered none'}). Call "
+            f"amlight.data.registry.register_dataset({name!r}, builder, metadata=...) at the module's top level"
         )
     return _REGISTRY[name]
 
 
+def _entry_from_entry_point(entry_point) -> DatasetEntry:
+    # The entry point's value is a module that registers the dataset on import, or a function doing it.
+    where = f"entry point {entry_point.name} = {entry_point.value} (group {ENTRY_POINT_GROUP})"
+    try:
+        loaded = entry_point.load()
+    except ImportError as exc:
+        raise UnknownDatasetError(f"dataset {entry_point.name!r}: {where} cannot be loaded "
+                                  f"({type(exc).__name__}: {exc})") from None
+    if entry_point.name not in _REGISTRY and callable(loaded):
+        loaded()
+    if entry_point.name not in _REGISTRY:
+        raise UnknownDatasetError(f"dataset {entry_point.name!r}: {where} did not register it")
+    return _REGISTRY[entry_point.name]
+
+
 def build_dataset(name_or_dir: str, root: str | Path | None = None, split: str = "train", **kwargs) -> SceneSource:
-    """Build a dataset by registered name, or from a folder path (the `folder` format)."""
-    _ensure_builtin_datasets()
+    """Build a dataset by registered name (or ``package.module:NAME``), or from a folder path (the
+    `folder` format)."""
     if name_or_dir not in _REGISTRY and Path(name_or_dir).is_dir():
         root, name_or_dir = name_or_dir, "folder"
     entry = get_dataset_entry(name_or_dir)
@@ -134,9 +203,3 @@ def build_dataset(name_or_dir: str, root: str | Path | None = None, split: str =
     if root is None:
         raise ValueError(f"dataset {entry.name!r} needs a root folder (pass root=...)")
     return entry.builder(root=Path(root), split=split, **kwargs)
-
-
-def _ensure_builtin_datasets() -> None:
-    # The built-in datasets register themselves on import; importing here keeps the registry
-    # complete whichever module a user imports first.
-    from amlight.data import datasets  # noqa: F401

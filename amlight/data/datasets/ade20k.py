@@ -113,10 +113,10 @@ def build_ade20k(root: Path, split: str = "train", unknown_colors: str = "error"
                         problems=problems)
 
 
-_entry = register_dataset(
+register_dataset(
     "ade20k",
     build_ade20k,
     metadata=METADATA,
     description="ADE20K SceneParsing, 150 classes (ADEChallengeData2016 layout)",
+    splits=ade20k_splits,
 )
-_entry.extra["splits"] = ade20k_splits

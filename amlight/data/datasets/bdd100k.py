@@ -73,10 +73,10 @@ def build_bdd100k(root: Path, split: str = "train", unknown_colors: str = "error
     )
 
 
-_entry = register_dataset(
+register_dataset(
     "bdd100k",
     build_bdd100k,
     metadata=METADATA,
     description="BDD100K 10k semantic segmentation, Cityscapes' 19 classes",
+    splits=bdd100k_splits,
 )
-_entry.extra["splits"] = bdd100k_splits
