@@ -137,7 +137,9 @@ def build_sd15(path: str | None, prompt: str = "", dtype: torch.dtype = torch.fl
     del text_encoder
 
     def unet_factory() -> UNet2DConditionModel:
-        return UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kw)
+        # from_pretrained returns eval mode, and Lightning keeps each module's mode: without .train()
+        # stage 1 would train the SD UNet in eval mode (dropout off), unlike a config-built one.
+        return UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kw).train()
 
     return Backbone(
         preset="sd15",
