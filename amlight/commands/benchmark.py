@@ -2,6 +2,9 @@
 ``python -m amlight benchmark pipeline``: inference UNet evaluations and seconds per (exemplar, target)
 pair, the pipeline against the reference schedule.
 ``python -m amlight benchmark memory``: peak memory of the pipeline's memory options on one SD 1.5 layer.
+``python -m amlight benchmark gpu``: SD 1.5 at 512 px on one CUDA device (generate, training, memory, compile).
+``python -m amlight benchmark startup``: start time of ``--help`` commands in fresh processes.
+``python -m amlight benchmark adapter``: one adapter call over every self-attention layer against one UNet row.
 
 Each prints a table and writes the full record (every timing, the machine's load) as JSON.
 """
@@ -92,6 +95,68 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--threads", type=_positive, default=None, help="torch threads (default: every core)")
     # The test suite's shrunken layer (8x8, 2 heads): seconds; numbers not comparable.
     memory.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+    gpu = sub.add_parser(
+        "gpu",
+        help="SD 1.5 at 512 px on one CUDA device: generate s/image, training it/s, peak memory, conv4d, compile",
+        description="On one CUDA device, in under 8 minutes (--budget-s), with the SD 1.5 stand-in (exact "
+        "architecture, random weights; written to --standin if missing, no download): generate at 512 px in "
+        "bf16 (s/image, 20 steps, CFG, structure_only / augmented / adapter, batch 1 and 4), the memory options "
+        "(fp32 vs bf16, attention_chunk, offload_vae), stage-1 and stage-2 training it/s at batch 2 in bf16 "
+        "autocast (gradient checkpointing / checkpoint_attention on and off), the 4D conv as conv3d on views vs "
+        "permuted conv2d on cuDNN, and torch.compile of the UNet. Peak GPU memory of each. Writes JSON + Markdown.",
+    )
+    gpu.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
+    gpu.add_argument("--standin", metavar="DIR", default="runs/sd15-standin",
+                     help="SD 1.5 stand-in folder, written if incomplete (default: %(default)s)")
+    gpu.add_argument("--budget-s", type=_positive, default=480,
+                     help="sections that would start after this many seconds are skipped (default: %(default)s)")
+    gpu.add_argument("--out", metavar="FILE.json", default="runs/benchmarks/gpu_check.json",
+                     help="JSON record; the Markdown table goes next to it (default: %(default)s)")
+    # The test suite's CPU dry run: tiny models, 64 px, 2 steps; numbers meaningless.
+    gpu.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+    startup = sub.add_parser(
+        "startup",
+        help="start time of `--help` commands, each in fresh processes (median)",
+        description="Wall time of `python -m amlight --help`, `generate --help` and a few more, each run "
+        "--repeats times in a new interpreter; the median counts. --baseline DIR also times the checkout "
+        "at DIR (e.g. a `git worktree` of an older commit), alternating runs, and prints the speed-up.",
+    )
+    startup.add_argument("--repeats", type=_positive, default=5, help="fresh processes per command (default: %(default)s)")
+    startup.add_argument("--baseline", metavar="DIR", default=None,
+                         help="root of another checkout to time with the same interpreter (put first on PYTHONPATH)")
+    startup.add_argument("--out", metavar="FILE.json", default="runs/benchmarks/startup.json",
+                         help="JSON record (default: %(default)s)")
+
+    adapter = sub.add_parser(
+        "adapter",
+        help="the adapter's cost on every self-attention layer of one UNet row, against that plain UNet row",
+        description="One adapter call (refine on every self-attention layer's logits and cost: SD 1.5 at "
+        "512 px, 16 layers, 64x64 pooled 4D to 32x32, 8 heads, 16 channels, 3 layers; and the quickstart's "
+        "tiny preset with configs/quickstart/stage2.yaml's adapter), forward and forward + backward, against "
+        "one plain UNet row of the same size (batch 1, random weights), timed alternately in one run; fp32 "
+        "and bf16, on the CPU and on CUDA when present. Prints adapter / UNet-row ratios.",
+    )
+    adapter.add_argument("--threads", type=_positive, default=None,
+                         help="torch threads (default: one per core that other processes leave idle, sampled for 1 s)")
+    adapter.add_argument("--repeats", type=_positive, default=2,
+                         help="timed rounds after one warm-up; the median counts (default: %(default)s)")
+    adapter.add_argument("--quick", action="store_true",
+                         help="forward only, fp32 only (the SD-size UNet backward takes minutes on a CPU)")
+    adapter.add_argument("--with-before", action="store_true",
+                         help="also time this checkout with the CPU fast path off (channels-first conv3d on "
+                         "views, unpooled sum; same numbers)")
+    adapter.add_argument("--device", action="append", default=None, metavar="DEVICE",
+                         help="torch device, repeatable (default: cpu, and cuda when present)")
+    adapter.add_argument("--dtype", action="append", choices=["fp32", "bf16"], default=None,
+                         help="repeatable (default: fp32 and bf16; fp32 with --quick)")
+    adapter.add_argument("--case", action="append", choices=["sd15", "quickstart"], default=None,
+                         help="repeatable (default: both)")
+    adapter.add_argument("--out", metavar="FILE.json", default="runs/benchmarks/adapter_cost.json",
+                         help="JSON record; the Markdown table goes next to it (default: %(default)s)")
+    # The test suite's shrunken case: seconds, numbers not comparable.
+    adapter.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -117,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         return _pipeline_main(args)
     if args.benchmark == "memory":
         return _memory_main(args)
+    if args.benchmark == "gpu":
+        return _gpu_main(args)
+    if args.benchmark == "startup":
+        return _startup_main(args)
+    if args.benchmark == "adapter":
+        return _adapter_main(args)
 
     from amlight.benchmarks.train_speed import format_table, train_benchmark
 
@@ -171,4 +242,57 @@ def _memory_main(args: argparse.Namespace) -> int:
     write_json_atomic(out, result)
     print(format_table(result))
     print(f"\nwrote {out}")
+    return 0
+
+
+def _startup_main(args: argparse.Namespace) -> int:
+    from amlight.benchmarks.startup_time import startup_benchmark, format_table
+
+    if args.baseline and not (Path(args.baseline) / "amlight" / "__init__.py").is_file():
+        print(f"amlight benchmark startup: --baseline {args.baseline}: no amlight/__init__.py there; "
+              "give the root of a checkout", file=sys.stderr)
+        return 2
+    result = startup_benchmark(repeats=args.repeats, baseline=args.baseline,
+                               progress=lambda m: print(f"[benchmark startup] {m}", file=sys.stderr, flush=True))
+    out = Path(args.out)
+    write_json_atomic(out, result)
+    print(format_table(result))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _gpu_main(args: argparse.Namespace) -> int:
+    from amlight.benchmarks.gpu_check import format_table, gpu_check
+
+    out = Path(args.out)
+    try:
+        result = gpu_check(device=args.device, standin=args.standin, tiny=args.tiny, budget_s=args.budget_s,
+                           work=out.parent / "gpu_check_work",
+                           progress=lambda m: print(f"[benchmark gpu] {m}", file=sys.stderr, flush=True))
+    except RuntimeError as e:
+        print(f"amlight {e}", file=sys.stderr)
+        return 1
+    write_json_atomic(out, result)
+    table = format_table(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    failed = [name for name in ("generate", "memory_options", "training", "conv4d", "compile")
+              if any("error" in row and "out of memory" not in str(row["error"]) and name != "compile"
+                     for row in result.get(name, []))]
+    return 1 if failed else 0
+
+
+def _adapter_main(args: argparse.Namespace) -> int:
+    from amlight.benchmarks.adapter_cost import adapter_benchmark, format_table
+
+    result = adapter_benchmark(threads=args.threads, repeats=args.repeats, quick=args.quick, tiny=args.tiny,
+                               before=args.with_before, devices=args.device, dtypes=args.dtype, only=args.case,
+                               progress=lambda m: print(f"[benchmark adapter] {m}", file=sys.stderr, flush=True))
+    out = Path(args.out)
+    write_json_atomic(out, result)
+    table = format_table(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
     return 0

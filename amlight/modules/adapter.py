@@ -5,11 +5,14 @@ adds the returned refinement to the exemplar part of its logits; the target-self
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 
 from amlight.modules.attention_modes import BLOCK_GROUPS
 from amlight.modules.conv4d import CenterPivotConv4d, pool4d, unpool4d
+from amlight.modules.conv4d_cpu import group_norm_channels_last, use_fast_path
 
 
 def _norm_groups(channels: int) -> int:
@@ -47,6 +50,7 @@ class AMAdapter(nn.Module):
         self.heads, self.channels, self.num_layers = heads, channels, num_layers
         self.kernel_size, self.max_resolution, self.groups = kernel_size, max_resolution, groups
         self.phi = nn.ModuleDict({g: self._build_phi() for g in groups})
+        self._cost_cache: dict = {}
 
     def _build_phi(self) -> nn.Sequential:
         layers: list[nn.Module] = []
@@ -91,6 +95,51 @@ class AMAdapter(nn.Module):
         self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:
         """logits (B, heads, N, N), cost (B, N, N), size (h, w) with N = h*w -> refinement like logits."""
+        delta, _ = self._pooled_refinement(group, logits, cost, size)
+        factor = self.pool_factor(size)
+        b, heads, n, nx = logits.shape
+        return unpool4d(delta, factor).reshape(b, heads, n, nx)
+
+    def refine(
+        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int], inplace: bool = False
+    ) -> torch.Tensor:
+        """``logits + forward(group, logits, cost, size)``, without materialising the unpooled refinement.
+
+        At a 64x64 layer the unpooled refinement is a (heads, 4096, 4096) copy (512 MB in float32)
+        that is only ever added to the logits: here the pooled refinement is broadcast over each 4D
+        neighbourhood in the addition itself. Gradients reach ``logits`` unchanged (identity), as
+        with the explicit sum; the adapter's own input is detached either way. ``inplace`` adds
+        into ``logits`` itself when no graph is being recorded for it (inference: no second
+        logits-sized tensor to allocate and first-touch, 512 MB at 64x64).
+        """
+        delta, f = self._pooled_refinement(group, logits, cost, size)
+        b, heads, n, nx = logits.shape
+        hp, wp = delta.shape[2], delta.shape[3]
+        delta = delta.contiguous()
+        inplace = inplace and logits.is_contiguous() and not (
+            torch.is_grad_enabled() and (logits.requires_grad or delta.requires_grad))
+        if f == 1:
+            grown = delta.view(b, heads, n, nx)
+            return logits.add_(grown) if inplace else logits + grown
+        # Each pooled entry covers an f x f x f x f neighbourhood. Grown (copied) along the exemplar
+        # width only, the sum broadcasts contiguous rows of w entries over the rest; a broadcast over
+        # all four dims has an innermost run of f entries (64x64, one core: 0.36 s against 0.19 s).
+        target = logits.reshape(b, heads, hp, f, wp, f, hp, f, nx // hp // f)
+        if inplace:
+            # A few pooled target rows at a time: the grown refinement stays a few MB.
+            rows = max(1, (4 << 20) // max(1, delta[:, :, :1].numel() * f * delta.element_size()))
+            for i in range(0, hp, rows):
+                d = delta[:, :, i:i + rows]
+                grown = d.unsqueeze(-1).expand(*d.shape, f).reshape(*d.shape[:5], -1)
+                target[:, :, i:i + rows].add_(grown.view(b, heads, grown.shape[2], 1, wp, 1, hp, 1, -1))
+            return logits
+        grown = delta.unsqueeze(-1).expand(*delta.shape, f).reshape(b, heads, hp, 1, wp, 1, hp, 1, -1)
+        return (target + grown).reshape(b, heads, n, nx)
+
+    def _pooled_refinement(
+        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, int]:
+        """phi([A ; C]) on the 4D-pooled volume, (B, heads, h', w', h', w') in the logits' dtype."""
         if group not in self.phi:
             raise ValueError(f"unknown adapter group {group!r}; this adapter has {', '.join(self.phi.keys())}")
         if logits.ndim != 4:
@@ -117,16 +166,62 @@ class AMAdapter(nn.Module):
         a = logits.detach().reshape(b, heads, h, w, h, w)
         # Pool before anything else copies the full-size volume: at 64x64 one (heads, N, N) copy is
         # hundreds of MB, its 4D-pooled version 16x less.
-        a = pool4d(a, factor).to(param.dtype)
-        c = pool4d(cost.detach().to(param.dtype).reshape(b, 1, h, w, h, w), factor)
+        a = pool4d(a, factor, dtype=param.dtype)
+        c = self._pooled_cost(cost, factor, param.dtype, (b, h, w))
         # Logit scale varies a lot across layers and timesteps while C lies in [0, 1]; standardising A
         # per sample and head puts both inputs on one scale. The statistics are per sample: taking
         # them over the batch would let one sample change another's output (a reference-code trap).
         mean = a.mean(dim=(2, 3, 4, 5), keepdim=True)
         std = a.std(dim=(2, 3, 4, 5), keepdim=True) if a[0, 0].numel() > 1 else torch.ones_like(mean)
-        r = torch.cat([(a - mean) / (std + 1e-5), c], dim=1)
-        delta = unpool4d(self.phi[group](r), factor)
-        return delta.reshape(b, heads, n, nx).to(logits.dtype)
+        fast = use_fast_path(a, param)
+        if fast:
+            # Channels-last from the start (conv4d_cpu): [A ; C] is written straight into the layout
+            # the convolutions read, instead of a channels-first cat and a reorder copy of it.
+            r = a.new_empty(b, *a.shape[2:], heads + 1)
+            ra = r[..., :heads]
+            ra.copy_(a.permute(0, 2, 3, 4, 5, 1))
+            ra.sub_(mean.view(b, 1, 1, 1, 1, heads)).div_((std + 1e-5).view(b, 1, 1, 1, 1, heads))
+            r[..., heads].copy_(c[:, 0])
+            x = r.permute(0, 5, 1, 2, 3, 4)
+        else:
+            x = torch.cat([(a - mean) / (std + 1e-5), c], dim=1)
+        layers = list(self.phi[group])
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if fast and isinstance(layer, nn.GroupNorm):
+                relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+                x = group_norm_channels_last(x, layer, relu=relu)
+                i += 1 + relu
+                continue
+            x = layer(x)
+            i += 1
+        return x.to(logits.dtype), factor
+
+    def _pooled_cost(self, cost: torch.Tensor, factor: int, dtype: torch.dtype, shape) -> torch.Tensor:
+        """C pooled to the adapter's size, (B, 1, h', w', h', w'); computed once per cost tensor.
+
+        One UNet call hands every layer of a size the same cost tensor (ExemplarContext.cost caches
+        it), so the 4D pooling of a 64x64 cost (16 M entries) runs once, not five times. The entry
+        is reused only for that very tensor object, unmodified (its version counter).
+        """
+        b, h, w = shape
+        if cost.is_inference():  # no version counter to tell a modified tensor: not cached
+            return pool4d(cost.detach().reshape(b, 1, h, w, h, w), factor, dtype=dtype)
+        key = (id(cost), factor, dtype)
+        hit = self._cost_cache.get(key)
+        if hit is not None and hit[0]() is cost and hit[1] == cost._version:
+            return hit[2]
+        pooled = pool4d(cost.detach().reshape(b, 1, h, w, h, w), factor, dtype=dtype)
+        if len(self._cost_cache) >= 8:
+            self._cost_cache.clear()
+        self._cost_cache[key] = (weakref.ref(cost), cost._version, pooled)
+        return pooled
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_cost_cache"] = {}  # weak references do not pickle; a cache needs no saving
+        return state
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items())

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from amlight.modules.conv4d_cpu import center_pivot_channels_last, use_fast_path
+
 
 def _check_volume(x: torch.Tensor, where: str) -> None:
     if x.ndim != 6:
@@ -45,23 +47,31 @@ class CenterPivotConv4d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_volume(x, "CenterPivotConv4d")
-        b, c, h1, w1, h2, w2 = x.shape
+        c = x.shape[1]
         if c != self.in_channels:
             raise ValueError(f"CenterPivotConv4d was built for {self.in_channels} input channels, got {c}")
-        co, pad = self.out_channels, self.kernel_size // 2
-        # Each 2D conv is a 3D conv with a flat third kernel dim on a *view* of the volume: the target
-        # conv sees (b, c, h1, w1, h2*w2) and slides over (h1, w1) only; the exemplar conv sees
-        # (b, c, h1*w1, h2, w2) and slides over (h2, w2) only. No permuted copies of the volume: at
-        # SD's 32^4 those copies and the strided sum of the two results cost more than the convolutions
-        # (one adapter call, 8 rows, 2 CPU cores: 1.70 s a row with permutes, 0.63 s like this).
-        # The weights stay the two Conv2d modules' own, so checkpoints are unchanged.
-        yt = F.conv3d(x.reshape(b, c, h1, w1, h2 * w2), self.target_conv.weight.unsqueeze(-1), padding=(pad, pad, 0))
-        ye = F.conv3d(x.reshape(b, c, h1 * w1, h2, w2), self.exemplar_conv.weight.unsqueeze(2), padding=(0, pad, pad))
-        # In place: the convolutions' backward needs their inputs and weights, not their outputs.
-        return yt.view(b, co, h1, w1, h2, w2).add_(ye.view(b, co, h1, w1, h2, w2)).add_(self.bias.view(1, co, 1, 1, 1, 1))
+        if use_fast_path(x, self.target_conv.weight):
+            return center_pivot_channels_last(x, self.target_conv.weight, self.exemplar_conv.weight, self.bias)
+        return center_pivot_views(x, self.target_conv.weight, self.exemplar_conv.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+
+
+def center_pivot_views(x: torch.Tensor, wt: torch.Tensor, we: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The center-pivot conv as two conv3d on views of a channels-first volume (CUDA, bf16, no oneDNN)."""
+    x = x.contiguous()
+    b, c, h1, w1, h2, w2 = x.shape
+    co, pad = wt.shape[0], wt.shape[-1] // 2
+    # Each 2D conv is a 3D conv with a flat third kernel dim on a *view* of the volume: the target
+    # conv sees (b, c, h1, w1, h2*w2) and slides over (h1, w1) only; the exemplar conv sees
+    # (b, c, h1*w1, h2, w2) and slides over (h2, w2) only. No permuted copies of the volume: at
+    # SD's 32^4 those copies and the strided sum of the two results cost more than the convolutions
+    # (one adapter call, 8 rows, 2 CPU cores: 1.70 s a row with permutes, 0.63 s like this).
+    yt = F.conv3d(x.reshape(b, c, h1, w1, h2 * w2), wt.unsqueeze(-1), padding=(pad, pad, 0))
+    ye = F.conv3d(x.reshape(b, c, h1 * w1, h2, w2), we.unsqueeze(2), padding=(0, pad, pad))
+    # In place: the convolutions' backward needs their inputs and weights, not their outputs.
+    return yt.view(b, co, h1, w1, h2, w2).add_(ye.view(b, co, h1, w1, h2, w2)).add_(bias.view(1, co, 1, 1, 1, 1))
 
 
 def _is_identity(x: torch.Tensor, factor: int, where: str) -> bool:
@@ -72,21 +82,41 @@ def _is_identity(x: torch.Tensor, factor: int, where: str) -> bool:
     return factor == 1
 
 
-def pool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Average over factor x factor target and factor x factor exemplar neighbourhoods."""
+def pool4d(x: torch.Tensor, factor: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Average over factor x factor target and factor x factor exemplar neighbourhoods (in ``dtype``)."""
     if _is_identity(x, factor, "pool4d"):
-        return x
+        return x if dtype is None else x.to(dtype)
     dims = tuple(x.shape[2:])
     if any(d % factor for d in dims):
         raise ValueError(
             f"pool4d: factor {factor} does not divide the spatial sizes (h1, w1, h2, w2) = {dims}"
         )
-    # One dim at a time, innermost first: each pass is a cheap reduction of a contiguous-ish axis and
-    # shrinks the volume for the next (about 2x faster on CPU than one 4-axis mean at 64^4).
-    for dim in (5, 4, 3, 2):
-        shape = list(x.shape)
-        x = x.reshape(*shape[:dim], shape[dim] // factor, factor, *shape[dim + 1 :]).mean(dim + 1)
-    return x
+    b, c, h1, w1, h2, w2 = x.shape
+    f = factor
+    dtype = x.dtype if dtype is None else dtype
+    out = torch.empty(b, c, h1 // f, w1 // f, h2 // f, w2 // f, dtype=dtype, device=x.device)
+    # A few pooled target rows at a time, by sums of the f slices of each dim, outermost first (each
+    # sum reads whole contiguous runs). At 64x64 the volume is 512 MB: pooled whole, every pass made a
+    # new volume-sized intermediate, and first-touching fresh memory (page faults) cost more than the
+    # arithmetic (1.5 s for one 64^4 x 8 pool, 2 cores). Chunks of ~8 MB reuse the same memory.
+    row_bytes = max(1, x[:, :, :f].numel() * torch.finfo(dtype).bits // 8) if dtype.is_floating_point else 1
+    rows = max(1, (8 << 20) // row_bytes)
+    for i in range(0, h1 // f, rows):
+        y = x[:, :, i * f:(i + rows) * f].to(dtype)
+        for dim in (2, 3, 4, 5):
+            y = _sum_slices(y, dim, f)
+        torch.div(y, f ** 4, out=out[:, :, i:i + rows])
+    return out
+
+
+def _sum_slices(x: torch.Tensor, dim: int, f: int) -> torch.Tensor:
+    """Sum of the f consecutive entries along ``dim`` (its size shrinks f-fold)."""
+    shape = list(x.shape)
+    v = x.view(*shape[:dim], shape[dim] // f, f, *shape[dim + 1:])
+    out = v.select(dim + 1, 0) + v.select(dim + 1, 1)
+    for k in range(2, f):
+        out += v.select(dim + 1, k)
+    return out
 
 
 def unpool4d(x: torch.Tensor, factor: int) -> torch.Tensor:

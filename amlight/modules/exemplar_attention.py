@@ -136,7 +136,7 @@ class ExemplarAttnProcessor:
         logits_self = torch.matmul(q, k.transpose(-1, -2)) * scale
         logits_cross = torch.matmul(q, kx.transpose(-1, -2)) * scale
         if ctx.attention == "adapter" and ctx.adapter is not None:
-            logits_cross = logits_cross + ctx.adapter(self.group, logits_cross.detach(), cost(), size)
+            logits_cross = _refined(ctx.adapter, self.group, logits_cross, cost(), size)
         if ctx.strength_bias != 0.0:
             logits_cross = logits_cross + ctx.strength_bias
         if mask is not None:
@@ -146,6 +146,15 @@ class ExemplarAttnProcessor:
         if ctx.recorder is not None:
             ctx.recorder(self.name, probs[..., n:].detach(), size, ctx)
         return torch.matmul(probs[..., :n], v) + torch.matmul(probs[..., n:], vx)
+
+
+def _refined(adapter, group: str, logits: torch.Tensor, cost: torch.Tensor, size) -> torch.Tensor:
+    """logits + the adapter's refinement; through ``AMAdapter.refine`` (no unpooled copy, and in place
+    when no graph is recorded) where the adapter has it, else any ``adapter(group, logits, cost, size)``."""
+    refine = getattr(adapter, "refine", None)
+    if refine is None:
+        return logits + adapter(group, logits.detach(), cost, size)
+    return refine(group, logits, cost, size, inplace=not torch.is_grad_enabled())
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
