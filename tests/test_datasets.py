@@ -198,6 +198,32 @@ def test_cityscapes_prefers_train_id_files(tmp_path):
     np.testing.assert_array_equal(source.load(0)[1], [[5, 255]])
 
 
+@pytest.mark.parametrize("source_kind", ["labelIds", "labelTrainIds"])
+def test_listed_pairs_decode_cityscapes_label_files_by_their_kind(tmp_path, source_kind):
+    """A pairs file may name labelIds files while the source reads train ids, or the other way round:
+    each file is decoded by its own kind, never read as the other (which would be silently wrong)."""
+    from amlight.data.pairing import PairDataset, read_pairs_file
+
+    raw = np.array([[7, 8], [26, 11]], np.uint8)  # road, sidewalk / car, building (labelIds)
+    train = np.array([[0, 1], [13, 2]], np.uint8)  # the same as train ids
+    city, stem = "lindau", "lindau_000000_000019"
+    image = save(np.full((2, 2, 3), 90, np.uint8), tmp_path / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png")
+    label_ids = save(raw, tmp_path / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png")
+    train_ids = tmp_path / "gtFine" / "val" / city / f"{stem}_gtFine_labelTrainIds.png"
+    if source_kind == "labelTrainIds":
+        save(train, train_ids)
+    source = build_dataset("cityscapes", root=tmp_path, split="val")
+    assert source.scenes[0].label_path.name.endswith(f"_gtFine_{source_kind}.png")
+    other = label_ids if source_kind == "labelTrainIds" else save(train, train_ids)
+    pairs_file = tmp_path / "pairs.json"
+    pairs_file.write_text(
+        '{"pairs": [{"exemplar": "%s", "exemplar_labels": "%s", "target_labels": "%s"}]}' % (image, other, label_ids)
+    )
+    item = PairDataset(source, "listed", size=(2, 2), augment=False, pairs=read_pairs_file(pairs_file))[0]
+    np.testing.assert_array_equal(item["exemplar_labels"].numpy(), train)
+    np.testing.assert_array_equal(item["labels"].numpy(), train)
+
+
 def test_cityscapes_wrong_root_says_what_was_looked_for(tmp_path):
     with pytest.raises(DataFileError, match="leftImg8bit"):
         build_dataset("cityscapes", root=tmp_path, split="train")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -155,6 +155,29 @@ def _describe_values(flat: np.ndarray, bad: np.ndarray, width: int, fmt) -> tupl
     return text, len(values)
 
 
+class IdMapBySuffix:
+    """An id map chosen by the label file's name, for datasets that ship one map in two encodings.
+
+    Cityscapes writes ``*_gtFine_labelIds.png`` (raw ids, to be mapped) and ``*_gtFine_labelTrainIds.png``
+    (already train ids). A source reads one kind, but a pairs file or a ``--target-labels`` flag may name
+    the other: decoding it with the source's map would give silently wrong classes.
+    """
+
+    def __init__(self, by_suffix: Mapping[str, Any], default: Any = None):
+        self.by_suffix = dict(by_suffix)
+        self.default = default
+
+    def for_path(self, path: str | Path):
+        stem = Path(path).stem
+        for suffix, id_map in self.by_suffix.items():
+            if stem.endswith(suffix):
+                return id_map
+        return self.default
+
+    def __repr__(self) -> str:
+        return f"IdMapBySuffix({sorted(self.by_suffix)}, default={'map' if self.default is not None else None})"
+
+
 def _build_id_lut(id_map, size: int, ignore_index: int) -> np.ndarray:
     """Lookup table raw id -> train id covering 0..size-1; ids the map does not name become ignore."""
     if isinstance(id_map, Mapping):
@@ -276,6 +299,8 @@ def load_labels(
     if unknown_colors not in UNKNOWN_COLOR_POLICIES:
         raise ValueError(f"unknown_colors must be one of {', '.join(UNKNOWN_COLOR_POLICIES)}, got {unknown_colors!r}")
     path = Path(path)
+    if isinstance(id_map, IdMapBySuffix):
+        id_map = id_map.for_path(path)
     with _open_image(path) as img:
         mode = img.mode
         if mode == "P":
@@ -303,8 +328,14 @@ def load_labels(
     if label_format == "index":
         if single is None:
             if not _is_grey(rgb):
-                raise DataFileError(path, "label_format is index but the file is a colour image",
-                                    "Set label_format to color (or auto), or save labels as single-channel PNG",
+                # An RGB file with colours cannot be an index map; when every colour is the dataset's,
+                # it is unambiguously a colour label (e.g. the synthetic palette written as colours).
+                if _all_palette_colors(rgb, metadata, ignore_colors):
+                    return _color_labels(rgb, path, metadata, unknown_colors, ignore_colors)
+                raise DataFileError(path, f"is a colour image whose colours are not all in the palette of "
+                                    f"{metadata.name!r}, and label_format is index",
+                                    "Save labels as single-channel index PNGs, or as colour PNGs using exactly the "
+                                    "palette's colours (label_format auto or color lists the colours that are off)",
                                     kind="bad label values")
             single = rgb[..., 0]
         return _index_labels(single, path, metadata, unknown_colors, id_map)
@@ -317,12 +348,15 @@ def load_labels(
         # A grey RGB file is normally an index map saved as RGB, but a palette with grey colours
         # (Cityscapes' building, pole...) gives grey colour files too: when the values are no
         # valid indices yet all are palette colours, the file is a colour file.
-        if id_map is None and not valid.all():
-            allowed = np.concatenate([_encode_rgb(metadata.palette()), _encode_colors(ignore_colors)])
-            if np.isin(_encode_rgb(rgb), allowed).all():
-                return _color_labels(rgb, path, metadata, unknown_colors, ignore_colors)
+        if id_map is None and not valid.all() and _all_palette_colors(rgb, metadata, ignore_colors):
+            return _color_labels(rgb, path, metadata, unknown_colors, ignore_colors)
         return _index_labels(grey, path, metadata, unknown_colors, id_map)
     return _color_labels(rgb, path, metadata, unknown_colors, ignore_colors)
+
+
+def _all_palette_colors(rgb: np.ndarray, metadata: DatasetMetadata, ignore_colors: Sequence[Sequence[int]]) -> bool:
+    allowed = np.concatenate([_encode_rgb(metadata.palette()), _encode_colors(ignore_colors)])
+    return bool(np.isin(np.unique(_encode_rgb(rgb)), allowed).all())
 
 
 def _is_grey(rgb: np.ndarray) -> bool:

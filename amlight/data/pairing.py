@@ -123,10 +123,13 @@ class PairDataset(Dataset):
         from amlight.data.io import check_pair, load_image, load_labels
 
         pair = self.pairs[index]
-        meta = self.source.metadata
-        ex_img, ex_lab = load_image(pair.exemplar), load_labels(pair.exemplar_labels, meta)
+        # The source's own decoding (label format, id map: Cityscapes labelIds -> train ids), not just
+        # its classes: a raw-id label file read as train ids would be silently wrong.
+        read_labels = getattr(self.source, "read_label_file", None) or (
+            lambda path: load_labels(path, self.source.metadata))
+        ex_img, ex_lab = load_image(pair.exemplar), read_labels(pair.exemplar_labels)
         check_pair(ex_img, ex_lab, pair.exemplar, pair.exemplar_labels)
-        tgt_lab = load_labels(pair.target_labels, meta)
+        tgt_lab = read_labels(pair.target_labels)
         if pair.ground_truth is not None:
             gt = load_image(pair.ground_truth)
             check_pair(gt, tgt_lab, pair.ground_truth, pair.target_labels)

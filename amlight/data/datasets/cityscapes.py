@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amlight.data.datasets.folder import FolderSource, list_files, pair_files
-from amlight.data.io import DataFileError
+from amlight.data.io import DataFileError, IdMapBySuffix
 from amlight.data.registry import DatasetMetadata, register_dataset
 
 # (name, colour, labelId) of the 19 train classes, in train-id order (cityscapesScripts labels.py).
@@ -83,18 +83,21 @@ def build_cityscapes(
                             "Unpack gtFine_trainvaltest.zip into the dataset root", kind="dataset layout")
     train_ids = list_files(labels_dir, (".png",), what="labels", strip=_TRAIN_IDS_SUFFIX)
     if images and set(images) <= set(train_ids):
-        labels, id_map = train_ids, None
+        labels, default_map = train_ids, None
     else:
-        labels, id_map = list_files(labels_dir, (".png",), what="labels", strip=_LABEL_IDS_SUFFIX), LABEL_ID_TO_TRAIN_ID
+        labels = list_files(labels_dir, (".png",), what="labels", strip=_LABEL_IDS_SUFFIX)
+        default_map = LABEL_ID_TO_TRAIN_ID
+    # By file name, not by what this split holds: a pairs file may name either kind of label file.
+    id_map = IdMapBySuffix({_LABEL_IDS_SUFFIX: LABEL_ID_TO_TRAIN_ID, _TRAIN_IDS_SUFFIX: None}, default=default_map)
     scenes, problems = pair_files(images, labels, images_dir, labels_dir, strict=strict)
     return FolderSource(scenes, METADATA, label_format="index", unknown_colors=unknown_colors, id_map=id_map,
                         problems=problems)
 
 
-_entry = register_dataset(
+register_dataset(
     "cityscapes",
     build_cityscapes,
     metadata=METADATA,
     description="Cityscapes gtFine, 19 classes (leftImg8bit/ + gtFine/ layout)",
+    splits=cityscapes_splits,
 )
-_entry.extra["splits"] = cityscapes_splits

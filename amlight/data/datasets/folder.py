@@ -88,8 +88,12 @@ class FolderSource:
         return load_image(self.scenes[index].image_path)
 
     def load_labels(self, index: int) -> np.ndarray:
+        return self.read_label_file(self.scenes[index].label_path)
+
+    def read_label_file(self, path: str | Path) -> np.ndarray:
+        """Decode any label file (a pairs file's, a flag's) exactly as this source decodes its own."""
         return load_labels(
-            self.scenes[index].label_path,
+            path,
             self.metadata,
             label_format=self.label_format,
             unknown_colors=self.unknown_colors,
@@ -270,6 +274,11 @@ def _parse_color(value, where: str, bad) -> tuple[int, int, int]:
 FLAT_SPLIT = "all"  # the one split name data check reports for the flat layout
 
 
+class SplitNotFoundError(DataFileError):
+    """The dataset has split folders, but not the one asked for (the DataModule then holds out a
+    validation slice of train instead of failing; see ``val_holdout``)."""
+
+
 def folder_split_dirs(root: Path, split: str) -> tuple[Path, Path]:
     """(images dir, labels dir) of ``split``: ROOT/<split>/images if splits exist, else ROOT/images."""
     root = Path(root)
@@ -278,7 +287,7 @@ def folder_split_dirs(root: Path, split: str) -> tuple[Path, Path]:
     splits = _split_folders(root)
     if splits:
         if split not in splits:
-            raise DataFileError(
+            raise SplitNotFoundError(
                 root / split,
                 f"split {split!r} not found; this dataset has split(s) {', '.join(splits)}",
                 f"Use one of them, or create {root / split / 'images'} and {root / split / 'labels'}",
@@ -430,10 +439,10 @@ def build_folder(
                                     strict=strict)
 
 
-_entry = register_dataset(
+register_dataset(
     "folder",
     build_folder,
     metadata=None,
     description="images/ + labels/ (optionally per split) with classes.yaml naming classes and colours",
+    splits=folder_splits,
 )
-_entry.extra["splits"] = folder_splits
