@@ -200,7 +200,7 @@ def _set_threads(args, device: str) -> None:
         threads = threads if isinstance(threads, int) and threads > 0 else None
     if threads is None and device == "cpu":
         try:
-            from amlight.benchmarks.train_speed import default_threads
+            from amlight.cpu_threads import default_threads
 
             threads = default_threads()[0]
         except ImportError:  # pragma: no cover

@@ -1,5 +1,5 @@
 """Inference: DDIM inversion, exemplar banks built once per exemplar, batched-CFG synthesis, probes."""
-from amlight.pipeline.ddim_sampler import ddim_sample
+from amlight.ddim_sampler import ddim_sample
 from amlight.pipeline.exemplar_cache import ExemplarBanks, build_exemplar_banks
 from amlight.pipeline.inversion import ddim_invert
 from amlight.pipeline.synthesis import AMPipeline

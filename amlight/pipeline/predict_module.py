@@ -113,7 +113,7 @@ class SynthesisModule(L.LightningModule):
                 previous = (ResultWriter(self.hparams.out_dir).previous_summary() or {}).get("settings") or {}
                 threads = previous.get("threads") if isinstance(previous.get("threads"), int) else None
             if threads is None:
-                from amlight.benchmarks.train_speed import default_threads
+                from amlight.cpu_threads import default_threads
 
                 local_ranks = max(1, int(getattr(self.trainer, "num_devices", 1) or 1))
                 threads = max(1, default_threads()[0] // local_ranks)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from amlight.backbone.stage1_model import Stage1Model, load_stage1
 from amlight.modules.adapter import AMAdapter
 from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups
-from amlight.pipeline.ddim_sampler import ddim_sample
+from amlight.ddim_sampler import ddim_sample
 from amlight.stages.checkpoints import FORMAT_VERSION, plain
 from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
 

@@ -1,4 +1,4 @@
-"""A plain DDIM sampler for validation grids and quick looks.
+"""A plain DDIM sampler for validation grids and quick looks (below both the stages and the pipeline).
 
 The exemplar branch reads a bank computed from the exemplar latent noised to each step's timestep
 with one fixed noise draw. The full inference pipeline (DDIM inversion of the exemplar, exemplar
