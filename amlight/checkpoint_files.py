@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = 1
-_STAGE_NAMES = {"generation": "stage-1 (generation)", "adapter": "stage-2 (adapter)"}
+STAGE_NAMES = {"generation": "stage-1 (generation)", "adapter": "stage-2 (adapter)"}
 
 
 class CheckpointError(ValueError):
@@ -91,8 +91,8 @@ def read_checkpoint(path: str | Path, expect_stage: str | None = None, mmap: boo
             f"({FORMAT_VERSION}); upgrade amlight"
         )
     if expect_stage is not None and info.get("stage") != expect_stage:
-        found = _STAGE_NAMES.get(info.get("stage"), repr(info.get("stage")))
-        wanted = _STAGE_NAMES.get(expect_stage, expect_stage)
+        found = STAGE_NAMES.get(info.get("stage"), repr(info.get("stage")))
+        wanted = STAGE_NAMES.get(expect_stage, expect_stage)
         hint = ""
         if expect_stage == "generation" and info.get("stage") == "adapter":
             hint = f"; its stage-1 checkpoint is {info['stage1'].get('path')}" if isinstance(info.get("stage1"), dict) else ""

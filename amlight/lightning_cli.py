@@ -75,15 +75,14 @@ class AmlightCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
-            from amlight.checkpoint_files import CheckpointError, load_torch_file
+            from amlight.checkpoint_files import STAGE_NAMES, CheckpointError, load_torch_file
 
             ckpt = load_torch_file(ckpt_path, what="--ckpt_path", mmap=True)
             found = (ckpt.get("amlight") or {}).get("stage") if isinstance(ckpt, dict) else None
             wanted = _STAGE_OF_CLASS.get(self.config[subcommand].get("model", {}).get("class_path", ""))
             if found and wanted and found != wanted:
-                names = {"generation": "stage-1 (generation)", "adapter": "stage-2 (adapter)"}
-                raise CheckpointError(f"--ckpt_path {ckpt_path} is a {names[found]} checkpoint, but this config "
-                                      f"trains {names[wanted]}; give a checkpoint of the same stage")
+                raise CheckpointError(f"--ckpt_path {ckpt_path} is a {STAGE_NAMES[found]} checkpoint, but this "
+                                      f"config trains {STAGE_NAMES[wanted]}; give a checkpoint of the same stage")
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
