@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from amlight.atomic_write import atomic_write
-from amlight.checkpoint_files import load_torch_file
+from amlight.checkpoints.files import load_torch_file
 
 
 def _is_local(path) -> bool:

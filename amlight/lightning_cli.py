@@ -75,7 +75,7 @@ class AmlightCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
-            from amlight.checkpoint_files import STAGE_NAMES, CheckpointError, load_torch_file
+            from amlight.checkpoints.files import STAGE_NAMES, CheckpointError, load_torch_file
 
             ckpt = load_torch_file(ckpt_path, what="--ckpt_path", mmap=True)
             found = (ckpt.get("amlight") or {}).get("stage") if isinstance(ckpt, dict) else None

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from amlight.modules.attention_modes import BLOCK_GROUPS
-from amlight.pipeline.attention_probe import (
+from amlight.apps.attention_probe import (
     PROBE_MODES,
     choose_query_points,
     default_probe_layers,

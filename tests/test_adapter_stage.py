@@ -3,10 +3,10 @@ import warnings
 import pytest
 import torch
 
-from amlight.backbone.stage1_model import load_stage1
+from amlight.checkpoints.stage1 import load_stage1
 from amlight.stages import AdapterStage
-from amlight.stages.adapter_io import export_adapter, load_adapter
-from amlight.stages.checkpoints import CheckpointError, read_checkpoint
+from amlight.checkpoints.adapter_files import export_adapter, load_adapter
+from amlight.checkpoints.files import CheckpointError, read_checkpoint
 
 from conftest import make_batch, TINY_OPTIONS, save_stage1_checkpoint
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from amlight.modules.categorical_cost import categorical_cost
-from amlight.pipeline.applications import box_mask, instance_mask, link_regions, paint_region
+from amlight.apps.applications import box_mask, instance_mask, link_regions, paint_region
 
 
 def _scene():

@@ -7,9 +7,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 import amlight.callbacks.attention_maps as attention_maps_module
-import amlight.pipeline.attention_probe as probe_module
+import amlight.apps.attention_probe as probe_module
 from amlight.callbacks import AttentionMaps
-from amlight.pipeline.attention_probe import (
+from amlight.apps.attention_probe import (
     ProbeResult,
     choose_query_points,
     default_probe_layers,

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def w(stage1_ckpt, tmp_path_factory):
     """The inputs: a good folder dataset and checkpoints, and one bad file of each kind."""
-    from amlight.stages.adapter_io import export_adapter
+    from amlight.checkpoints.adapter_files import export_adapter
 
     root = tmp_path_factory.mktemp("bad_inputs")
     data = make_dataset(root / "data")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from amlight.checkpoint_files import CheckpointError, check_safetensors_file, load_torch_file, read_checkpoint
+from amlight.checkpoints.files import CheckpointError, check_safetensors_file, load_torch_file, read_checkpoint
 
 
 class NotAWeight:
@@ -91,8 +91,8 @@ def test_safetensors_cut_off_or_foreign(tmp_path):
 
 def test_every_loader_uses_it(good, tmp_path):
     """--stage1 / stage1_checkpoint (load_stage1) and --adapter (read_adapter_file) word it the same."""
-    from amlight.backbone.stage1_model import load_stage1
-    from amlight.stages.adapter_io import read_adapter_file
+    from amlight.checkpoints.stage1 import load_stage1
+    from amlight.checkpoints.adapter_files import read_adapter_file
 
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good.read_bytes()[:100])

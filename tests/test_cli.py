@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from amlight.cli import main
-from amlight.stages.checkpoints import read_checkpoint
+from amlight.checkpoints.files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -67,5 +67,5 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith(("amlight.stages.", "amlight.pipeline."))
+    assert printed["model"]["class_path"].startswith(("amlight.stages.", "amlight.apps."))
     assert printed["data"]["class_path"] == "amlight.data.ExemplarPairDataModule"

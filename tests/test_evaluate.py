@@ -239,7 +239,7 @@ def test_sweep_appends_rows_and_a_rerun_replaces_them(setup, capsys):
 
 
 def test_max_resolution_sweep_changes_only_the_adapter_and_is_restored(setup):
-    from amlight.backbone.stage1_model import load_stage1
+    from amlight.checkpoints.stage1 import load_stage1
     from amlight.metrics.evaluation import Settings, adapter_max_resolution, generate, load_model, load_pairs
     from amlight.data.registry import build_dataset
 

@@ -49,7 +49,7 @@ def save_adapter(stage1_path, out):
     import lightning as L
 
     from amlight.stages import AdapterStage
-    from amlight.stages.adapter_io import export_adapter
+    from amlight.checkpoints.adapter_files import export_adapter
 
     torch.manual_seed(0)
     stage = AdapterStage(str(stage1_path))
@@ -161,7 +161,7 @@ def test_pairs_file_with_triplets_and_grid(world, tmp_path):
 
 
 def test_ctrl_c_leaves_complete_files_and_a_summary(world, tmp_path, monkeypatch):
-    from amlight.pipeline.outputs import ResultWriter
+    from amlight.apps.outputs import ResultWriter
 
     out = tmp_path / "out"
     real_write = ResultWriter.write
@@ -203,7 +203,7 @@ def test_paint_edits_the_exemplars_own_labels(world, tmp_path):
     assert pixel(triplet, 1, 13, 13) == tuple(COLORS[4])  # painted: building (was road)
     assert pixel(triplet, 1, 10, 1) == tuple(COLORS[0])  # outside the boxes: still sky
     # the Python building block does the same edit
-    from amlight.pipeline.inputs import InputCache, LabelSpace, Paint
+    from amlight.apps.inputs import InputCache, LabelSpace, Paint
 
     cache = InputCache(LabelSpace.resolve(str(world["data"])), (16, 16))
     edited = cache.target(v / "labels/s0.png", [Paint(2, (0, 0, 16, 8))])
@@ -236,7 +236,7 @@ def test_translation_shows_the_target_image(world, tmp_path):
 
 
 def test_retrieval_picks_other_scenes(world, tmp_path):
-    pytest.importorskip("amlight.pipeline.retrieval")
+    pytest.importorskip("amlight.apps.retrieval")
     out = tmp_path / "out"
     v = world["val"]
     assert run(world, out, "--target-labels", v / "labels/s1.png", "--retrieve", world["data"],

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from amlight.stages import GenerationStage
-from amlight.stages.checkpoints import CheckpointError, read_checkpoint
+from amlight.checkpoints.files import CheckpointError, read_checkpoint
 
 from conftest import make_batch
 

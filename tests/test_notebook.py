@@ -121,7 +121,7 @@ def test_quickstart_notebook_on_trained_checkpoints(monkeypatch, tmp_path):
 
 
 def test_edit_box_lies_on_the_class():
-    from amlight.pipeline.notebook_helpers import edit_box_on_class
+    from amlight.apps.notebook_helpers import edit_box_on_class
 
     labels = torch.zeros(32, 32, dtype=torch.long)
     labels[20:, 4:28] = 1

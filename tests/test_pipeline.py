@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from amlight.pipeline.exemplar_cache import build_exemplar_banks
+from amlight.pipeline.exemplar_banks import build_exemplar_banks
 from amlight.pipeline.inversion import ddim_invert, sampling_timesteps
 from amlight.pipeline.synthesis import AMPipeline
 

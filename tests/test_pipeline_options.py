@@ -7,7 +7,7 @@ import torch
 
 from amlight.modules import AMAdapter
 from amlight.modules.label_resize import resize_labels
-from amlight.pipeline.exemplar_cache import build_exemplar_banks
+from amlight.pipeline.exemplar_banks import build_exemplar_banks
 from amlight.pipeline.synthesis import AMPipeline, UncoveredClassWarning, uncovered_classes
 
 STEPS = 3

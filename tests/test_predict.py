@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from amlight.data import ExemplarPairDataModule
-from amlight.pipeline.predict_module import SynthesisModule
+from amlight.apps.predict_module import SynthesisModule
 
 from test_generate_cli import make_dataset, save_adapter
 
@@ -93,7 +93,7 @@ def test_module_checks_its_arguments(world):
         SynthesisModule(str(world["stage1"]), adapter=str(world["adapter"]), num_classes=19)
     with pytest.raises(ValueError, match="mode: augmented"):
         SynthesisModule(str(world["stage1"]))
-    from amlight.stages.checkpoints import CheckpointError
+    from amlight.checkpoints.files import CheckpointError
 
     with pytest.raises(CheckpointError, match="does not exist"):
         SynthesisModule("/nowhere/stage1.ckpt", mode="augmented")

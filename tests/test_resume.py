@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from amlight.stages.checkpoints import read_checkpoint
+from amlight.checkpoints.files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -47,7 +47,7 @@ def test_a_kill_during_checkpoint_writes_leaves_a_complete_file(tmp_path):
 
 
 def test_a_truncated_ckpt_path_is_one_line():
-    from amlight.checkpoint_files import CheckpointError
+    from amlight.checkpoints.files import CheckpointError
     from amlight.checkpoint_io import AtomicCheckpointIO
 
     with pytest.raises(CheckpointError, match=r"x\.ckpt does not exist"):
@@ -109,11 +109,11 @@ def _kill_and_resume(stage: str, tmp_path: Path, steps: int, stage1: Path | None
 @pytest.mark.timeout(600)
 def test_stage1_then_stage2_resume_after_sigkill(tmp_path):
     stage1 = _kill_and_resume("stage1", tmp_path, steps=24)
-    from amlight.backbone.stage1_model import load_stage1
+    from amlight.checkpoints.stage1 import load_stage1
 
     assert load_stage1(stage1).num_classes == 10  # the final checkpoint loads as a stage-1 model
     stage2 = _kill_and_resume("stage2", tmp_path, steps=12, stage1=stage1)
-    from amlight.stages.adapter_io import read_adapter_file
+    from amlight.checkpoints.adapter_files import read_adapter_file
 
     weights, record = read_adapter_file(stage2)
     assert weights and record["stage1"]["path"] == str(stage1)

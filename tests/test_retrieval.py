@@ -11,7 +11,7 @@ from PIL import Image
 
 from amlight.commands.retrieve import main
 from amlight.data.pairing import read_pairs_file
-from amlight.pipeline.retrieval import IndexFileError, LabelIndex, label_features
+from amlight.apps.retrieval import IndexFileError, LabelIndex, label_features
 
 SKY, TREE, ROAD, CAR = range(4)
 NAMES = ["sky", "tree", "road", "car"]

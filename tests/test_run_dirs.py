@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from amlight.cli import main
 from amlight.run_config import config_name, free_config_name
 from amlight.run_directory import FailedStartCleanup, RunLayout, derive_run_layout
-from amlight.stages.checkpoints import read_checkpoint
+from amlight.checkpoints.files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_CONFIGS = sorted(p for p in (REPO / "configs").rglob("stage*.yaml"))

@@ -296,7 +296,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from amlight.data.registry import UnknownDatasetError
     from amlight.metrics import MetricWeightsError, MissingDependencyError
     from amlight.metrics.evaluation import EvaluationError
-    from amlight.stages.checkpoints import CheckpointError
+    from amlight.checkpoints.files import CheckpointError
 
     return (_Error, EvaluationError, DataFileError, PairsFileError, UnknownDatasetError, CheckpointError,
             MetricWeightsError, MissingDependencyError, OSError)

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_or_exit_code(build_parser(), argv)
     if isinstance(args, int):
         return args
-    from amlight.stages.adapter_io import export_adapter
-    from amlight.stages.checkpoints import CheckpointError
+    from amlight.checkpoints.adapter_files import export_adapter
+    from amlight.checkpoints.files import CheckpointError
 
     try:
         out = export_adapter(args.checkpoint, args.out)

@@ -18,7 +18,7 @@ was drawn. Bad input (a missing or mis-sized file, colours outside the palette, 
 architecture, an unwritable --out) stops the command before anything is drawn, with one line
 ``amlight generate: error: ...`` and exit status 1.
 
-The same in Python (see :mod:`amlight.pipeline.inputs` and :mod:`amlight.pipeline.outputs`)::
+The same in Python (see :mod:`amlight.apps.inputs` and :mod:`amlight.apps.outputs`)::
 
     from amlight.commands.generate import generate_files
 
@@ -194,7 +194,7 @@ def _set_threads(args, device: str) -> None:
 
     threads = args.threads
     if threads is None and device == "cpu":  # a resumed run computes as the first did: same bytes
-        from amlight.pipeline.outputs import ResultWriter
+        from amlight.apps.outputs import ResultWriter
 
         threads = ((ResultWriter(args.out).previous_summary() or {}).get("settings") or {}).get("threads")
         threads = threads if isinstance(threads, int) and threads > 0 else None
@@ -227,7 +227,7 @@ def _load_pipeline(args, notes: list):
 
 
 def _label_space(args, retrieve_source):
-    from amlight.pipeline.inputs import LabelSpace, label_space_from_run
+    from amlight.apps.inputs import LabelSpace, label_space_from_run
 
     if args.data:
         return LabelSpace.resolve(args.data)
@@ -249,8 +249,8 @@ def _size(args, pipe) -> tuple[int, int]:
 
 def prepare(args: argparse.Namespace, kind: str) -> Plan:
     """Everything that can fail on bad input, in order of cost; nothing is drawn or written yet."""
-    from amlight.pipeline import inputs as I
-    from amlight.pipeline.outputs import ResultWriter, prepare_out_dir, remove_if_empty
+    from amlight.apps import inputs as I
+    from amlight.apps.outputs import ResultWriter, prepare_out_dir, remove_if_empty
 
     links = [I.parse_link(spec) for spec in args.link]
     created = prepare_out_dir(args.out)
@@ -279,7 +279,7 @@ def prepare(args: argparse.Namespace, kind: str) -> Plan:
                                target_images=args.target_images, paints=paints, links=links, mode=args.mode)
         else:
             try:
-                from amlight.pipeline.retrieval import LabelIndex
+                from amlight.apps.retrieval import LabelIndex
             except ImportError as e:  # pragma: no cover - depends on the installation
                 raise GenerateError(f"--retrieve is not available: {e}") from None
             if retrieve_source.metadata.num_classes != space.num_classes:
@@ -313,7 +313,7 @@ def _changed_settings(previous: dict | None, settings: dict) -> list[str]:
 
 
 def execute(plan: Plan, args: argparse.Namespace) -> int:
-    from amlight.pipeline.outputs import generate_pairs
+    from amlight.apps.outputs import generate_pairs
 
     err = sys.stderr
     for note in plan.notes:
@@ -355,14 +355,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from amlight.data.io import DataFileError
     from amlight.data.pairing import PairsFileError
     from amlight.data.registry import UnknownDatasetError
-    from amlight.pipeline.inputs import InputError
-    from amlight.pipeline.outputs import OutputError
-    from amlight.stages.checkpoints import CheckpointError
+    from amlight.apps.inputs import InputError
+    from amlight.apps.outputs import OutputError
+    from amlight.checkpoints.files import CheckpointError
 
     errors = [GenerateError, DataFileError, PairsFileError, UnknownDatasetError, InputError, OutputError,
               CheckpointError]
     try:
-        from amlight.pipeline.retrieval import IndexFileError
+        from amlight.apps.retrieval import IndexFileError
 
         errors.append(IndexFileError)
     except ImportError:  # pragma: no cover

@@ -27,11 +27,11 @@ def main(argv: list[str]) -> int:
     if not args.stage1 and not args.stage2:
         parser.error("give --stage2 or --stage1")
 
-    from amlight.backbone.stage1_model import load_stage1
+    from amlight.checkpoints.stage1 import load_stage1
     from amlight.data import ExemplarPairDataModule
-    from amlight.pipeline.attention_probe import probe_attention
-    from amlight.stages.adapter_io import load_adapter
-    from amlight.stages.checkpoints import CheckpointError, read_checkpoint
+    from amlight.apps.attention_probe import probe_attention
+    from amlight.checkpoints.adapter_files import load_adapter
+    from amlight.checkpoints.files import CheckpointError, read_checkpoint
 
     try:
         adapter = None

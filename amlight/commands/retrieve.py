@@ -3,7 +3,7 @@
 The database is one dataset split (``--data``/``--split``). Targets are, by default, the same split
 (each target never retrieves itself), or another dataset/split (``--targets``), or label files
 (``--target-labels``, read with the database's classes). Ranking: see
-:mod:`amlight.pipeline.retrieval` (class coverage first, then layout and class-histogram similarity).
+:mod:`amlight.apps.retrieval` (class coverage first, then layout and class-histogram similarity).
 
 The JSON names every target's top-k exemplars; ``--as-pairs`` writes the top-1 of each target as a
 pairs file instead (``{"pairs": [...]}``, read by :func:`amlight.data.pairing.read_pairs_file`).
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: --target-root needs --targets NAME_OR_DIR", file=sys.stderr)
         return EXIT_USAGE
     if args.backend == "faiss":
-        from amlight.pipeline.retrieval import _import_faiss
+        from amlight.apps.retrieval import _import_faiss
 
         try:
             _import_faiss()
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from amlight.data.registry import UnknownDatasetError, build_dataset, registered_datasets
-    from amlight.pipeline.retrieval import IndexFileError, LabelIndex, describe_score
+    from amlight.apps.retrieval import IndexFileError, LabelIndex, describe_score
 
     started = time.perf_counter()
     progress = not args.no_progress

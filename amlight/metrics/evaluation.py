@@ -255,7 +255,7 @@ class Model:
 
 def load_model(stage1: str | Path, adapter: str | Path | None = None, device: str | None = None,
                dtype: str = "fp32") -> Model:
-    from amlight.backbone.stage1_model import file_sha256, load_stage1
+    from amlight.checkpoints.stage1 import file_sha256, load_stage1
     from amlight.pipeline.synthesis import AMPipeline
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -1,6 +1,7 @@
-"""Inference: DDIM inversion, exemplar banks built once per exemplar, batched-CFG synthesis, probes."""
-from amlight.ddim_sampler import ddim_sample
-from amlight.pipeline.exemplar_cache import ExemplarBanks, build_exemplar_banks
+"""The inference core: one DDIM sampling loop, DDIM inversion, exemplar banks built once per exemplar,
+and AMPipeline (batched-CFG synthesis). The applications around it live in amlight.apps."""
+from amlight.pipeline.sampling import ddim_sample
+from amlight.pipeline.exemplar_banks import ExemplarBanks, build_exemplar_banks
 from amlight.pipeline.inversion import ddim_invert
 from amlight.pipeline.synthesis import AMPipeline
 

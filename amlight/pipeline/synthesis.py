@@ -18,8 +18,10 @@ from typing import Iterable, Sequence
 import torch
 
 from amlight.backbone import Backbone
+from amlight.checkpoints.adapter_files import load_adapter
+from amlight.checkpoints.stage1 import load_stage1
 from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups, check_mode
-from amlight.pipeline.exemplar_cache import ExemplarBanks, build_exemplar_banks
+from amlight.pipeline.exemplar_banks import ExemplarBanks, build_exemplar_banks
 
 
 class AMPipeline:
@@ -51,9 +53,6 @@ class AMPipeline:
         and decode results). The stage-1 model is shared with every other user of ``load_stage1`` in
         this process, so the cast and move apply to them too.
         """
-        from amlight.backbone.stage1_model import load_stage1
-        from amlight.stages.adapter_io import load_adapter
-
         stage1 = load_stage1(stage1_path)
         if device is not None or dtype is not None:
             target = torch.device(device) if device is not None else stage1.backbone.device

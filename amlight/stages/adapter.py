@@ -1,16 +1,15 @@
 """Stage 2: train only the AM-Adapter on top of a frozen stage-1 model."""
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from amlight.backbone.stage1_model import Stage1Model, load_stage1
+from amlight.checkpoints.adapter_files import check_stage1_match
+from amlight.checkpoints.stage1 import Stage1Model, load_stage1
 from amlight.modules.adapter import AMAdapter
 from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups
-from amlight.ddim_sampler import ddim_sample
-from amlight.stages.checkpoints import FORMAT_VERSION, plain
+from amlight.pipeline.sampling import ddim_sample
+from amlight.checkpoints.files import FORMAT_VERSION, plain
 from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
 
 
@@ -117,17 +116,3 @@ class AdapterStage(DenoisingStage):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_stage1_match(checkpoint.get("amlight", {}), self.stage1)
-
-
-def check_stage1_match(record: dict[str, Any], stage1: Stage1Model) -> None:
-    """Warn when an adapter meets a stage-1 model other than the one it was trained with."""
-    import warnings
-
-    trained_on = (record.get("stage1") or {}).get("sha256")
-    if trained_on and trained_on != stage1.sha256:
-        warnings.warn(
-            f"this adapter was trained on the stage-1 checkpoint {record['stage1'].get('path')} "
-            f"(sha256 {trained_on[:12]}...), not on {stage1.path} (sha256 {stage1.sha256[:12]}...); "
-            "results may be poor",
-            stacklevel=2,
-        )

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from amlight.backbone import Backbone, get_backbone
 from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, check_groups, check_mode
 from amlight.modules.exemplar_unet import build_exemplar_unet
-from amlight.ddim_sampler import ddim_sample
-from amlight.stages.checkpoints import FORMAT_VERSION, plain
+from amlight.pipeline.sampling import ddim_sample
+from amlight.checkpoints.files import FORMAT_VERSION, plain
 from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
 
 Trainable = Literal["all", "attention", "guidance"]

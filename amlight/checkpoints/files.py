@@ -5,7 +5,8 @@ come through :func:`load_torch_file` (or :func:`check_safetensors_file`), so a t
 file says "FILE is truncated or not a PyTorch checkpoint (why)" in one line instead of the zip or
 pickle reader's internals. Loading is ``torch.load(weights_only=True)``: tensors and plain values only.
 
-This module sits at the package top so that ``backbone/`` can use it without importing ``stages/``.
+It also writes the part of the record every stage shares: the format version, the stage names and
+:func:`plain` hyper-parameters.
 """
 from __future__ import annotations
 
@@ -130,3 +131,16 @@ def check_safetensors_file(path: str | Path) -> dict[str, str]:
         raise bad(f"the tensors need {8 + header_len + max(ends)} bytes but the file has {size}")
     meta = header.get("__metadata__") or {}
     return meta if isinstance(meta, dict) else {}
+
+
+def plain(value: Any) -> Any:
+    """Turn hyper-parameters into plain Python values (dict/list/str/number/bool/None) for safe loading."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)

@@ -12,6 +12,8 @@ from typing import Any
 
 from amlight.backbone.backbone import Backbone, freeze
 from amlight.backbone.registry import backbone_from_spec
+from amlight.checkpoints.files import CheckpointError, read_checkpoint
+from amlight.modules.exemplar_unet import build_exemplar_unet
 
 
 @dataclass
@@ -56,10 +58,6 @@ def file_sha256(path: str | Path) -> str:
 
 def load_stage1(path: str | Path) -> Stage1Model:
     """The frozen stage-1 model of a GenerationStage checkpoint (cached per path and content hash)."""
-    from amlight.modules.exemplar_unet import build_exemplar_unet
-    # amlight.checkpoint_files, not amlight.stages: backbone/ never imports upwards into stages/.
-    from amlight.checkpoint_files import CheckpointError, read_checkpoint
-
     path = Path(path)
     ckpt = read_checkpoint(path, expect_stage="generation")
     sha = file_sha256(path)

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from amlight.data.registry import DatasetMetadata
 from amlight.modules.attention_modes import ATTENTION_MODES
-from amlight.pipeline.attention_probe import (
+from amlight.apps.attention_probe import (
     PROBE_MODES,
     choose_query_points,
     default_probe_layers,
@@ -83,10 +83,10 @@ def build_standin_checkpoints(folder: str | Path, num_classes: int, stage1: str 
 
     ``stage1`` given: only the adapter is a stand-in, built on that stage-1 checkpoint. Both are
     written as training writes them (through a Lightning Trainer), the adapter then exported with
-    :func:`~amlight.stages.adapter_io.export_adapter`, so they load exactly like real ones.
+    :func:`~amlight.checkpoints.adapter_files.export_adapter`, so they load exactly like real ones.
     """
     from amlight.stages import AdapterStage, GenerationStage
-    from amlight.stages.adapter_io import export_adapter
+    from amlight.checkpoints.adapter_files import export_adapter
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,7 @@ def attention_figure(pipe, batch: dict, sample: int, point: tuple[int, int], met
                      seed: int = 0, upscale: int = 4) -> tuple[Image.Image, str]:
     """Where the target pixel ``point`` (row, col) of pair ``sample`` attends in its exemplar.
 
-    One generation step at ``timestep`` (:func:`~amlight.pipeline.attention_probe.probe_attention`)
+    One generation step at ``timestep`` (:func:`~amlight.apps.attention_probe.probe_attention`)
     per mode. Rows: self-attention layers (by default the highest-resolution down layer, the mid
     layer and the highest-resolution up layer). Columns: the target labels with the point marked,
     the exemplar, one heat map per mode, and the exemplar positions of the point's class (what the

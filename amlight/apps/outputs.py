@@ -1,7 +1,7 @@
 """Drawing jobs and writing what they produce: results, triplets, a grid, ``summary.json``.
 
 :func:`generate_pairs` is the loop behind ``python -m amlight generate`` and ``python -m amlight
-predict``. It groups the jobs (:class:`~amlight.pipeline.inputs.Job`) by exemplar, builds each
+predict``. It groups the jobs (:class:`~amlight.apps.inputs.Job`) by exemplar, builds each
 exemplar's banks (DDIM inversion) once for all its targets, draws up to ``batch_size`` targets per
 UNet call (exemplars are inverted ``batch_size`` at a time too), and hands every image to a
 :class:`ResultWriter`:
@@ -22,8 +22,8 @@ sums can differ, in the last bit, with the batch size or the number of threads).
 Python::
 
     from amlight.pipeline import AMPipeline
-    from amlight.pipeline.inputs import InputCache, LabelSpace, pairs_from_file
-    from amlight.pipeline.outputs import ResultWriter, generate_pairs
+    from amlight.apps.inputs import InputCache, LabelSpace, pairs_from_file
+    from amlight.apps.outputs import ResultWriter, generate_pairs
 
     pipe = AMPipeline.from_checkpoints("runs/quickstart/stage1/checkpoints/last.ckpt",
                                        "runs/quickstart/stage2/checkpoints/last.ckpt")
@@ -51,7 +51,7 @@ import torch
 
 from amlight.atomic_write import atomic_write
 from amlight.data.registry import DatasetMetadata
-from amlight.pipeline.inputs import Job, JobInputs
+from amlight.apps.inputs import Job, JobInputs
 
 GRID_LIMIT = 16
 SUMMARY_FILE = "summary.json"
@@ -230,8 +230,8 @@ class GenerationReport:
 
 
 def concat_banks(parts: Sequence):
-    """One :class:`~amlight.pipeline.exemplar_cache.ExemplarBanks` over several exemplars' banks (same schedule)."""
-    from amlight.pipeline.exemplar_cache import ExemplarBanks
+    """One :class:`~amlight.pipeline.exemplar_banks.ExemplarBanks` over several exemplars' banks (same schedule)."""
+    from amlight.pipeline.exemplar_banks import ExemplarBanks
 
     if len(parts) == 1:
         return parts[0]
@@ -248,8 +248,8 @@ def concat_banks(parts: Sequence):
 
 
 def slice_banks(banks, j: int):
-    """Exemplar ``j`` of an :class:`~amlight.pipeline.exemplar_cache.ExemplarBanks` as banks of its own."""
-    from amlight.pipeline.exemplar_cache import ExemplarBanks
+    """Exemplar ``j`` of an :class:`~amlight.pipeline.exemplar_banks.ExemplarBanks` as banks of its own."""
+    from amlight.pipeline.exemplar_banks import ExemplarBanks
 
     n = max(1, banks.batch)
     return ExemplarBanks(
@@ -291,7 +291,7 @@ def generate_pairs(
     from amlight.pipeline.synthesis import uncovered_classes
     from amlight.visualize import to_uint8
 
-    from amlight.pipeline.inputs import dedupe
+    from amlight.apps.inputs import dedupe
 
     jobs = dedupe(jobs)
     warn = warn or _default_warn

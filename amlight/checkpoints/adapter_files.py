@@ -7,6 +7,7 @@ checkpoint warns; an adapter that does not fit the model (other head count, othe
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,9 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from amlight.atomic_write import atomic_write
-from amlight.backbone.stage1_model import Stage1Model
+from amlight.checkpoints.stage1 import Stage1Model
 from amlight.modules.adapter import AMAdapter
-from amlight.checkpoint_files import CheckpointError, check_safetensors_file, read_checkpoint
+from amlight.checkpoints.files import CheckpointError, check_safetensors_file, read_checkpoint
 
 
 def _adapter_state(ckpt: dict) -> dict[str, torch.Tensor]:
@@ -58,8 +59,6 @@ def read_adapter_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 def load_adapter(path: str | Path, stage1: Stage1Model) -> AMAdapter:
     """An adapter ready to use with ``stage1``: fails clearly if it cannot fit, warns if trained elsewhere."""
-    from amlight.stages.adapter import check_stage1_match
-
     state, record = read_adapter_file(path)
     config = record["adapter"]
     if config.get("heads") != stage1.heads:
@@ -74,3 +73,15 @@ def load_adapter(path: str | Path, stage1: Stage1Model) -> AMAdapter:
         raise CheckpointError(f"adapter {path} does not match its own configuration: {str(e)[:300]}") from None
     check_stage1_match(record, stage1)
     return adapter.eval().requires_grad_(False)
+
+
+def check_stage1_match(record: dict[str, Any], stage1: Stage1Model) -> None:
+    """Warn when an adapter meets a stage-1 model other than the one it was trained with."""
+    trained_on = (record.get("stage1") or {}).get("sha256")
+    if trained_on and trained_on != stage1.sha256:
+        warnings.warn(
+            f"this adapter was trained on the stage-1 checkpoint {record['stage1'].get('path')} "
+            f"(sha256 {trained_on[:12]}...), not on {stage1.path} (sha256 {stage1.sha256[:12]}...); "
+            "results may be poor",
+            stacklevel=2,
+        )

@@ -3,7 +3,7 @@
 :class:`SynthesisModule` is a LightningModule whose ``predict_step`` draws a batch of exemplar-target
 pairs from :class:`~amlight.data.ExemplarPairDataModule` (its predict split: the listed pairs of
 ``<root>/val/pairs.json`` by default) and writes them with the same
-:class:`~amlight.pipeline.outputs.ResultWriter` as ``amlight generate``: the same file names, triplets,
+:class:`~amlight.apps.outputs.ResultWriter` as ``amlight generate``: the same file names, triplets,
 ``summary.json`` and ``grid.png``; outputs already there are skipped, so a run resumes. Under DDP each
 rank draws and writes its own share of the pairs; rank 0 writes the summary of all of them.
 
@@ -14,7 +14,7 @@ Python::
 
     import lightning as L
     from amlight.data import ExemplarPairDataModule
-    from amlight.pipeline.predict_module import SynthesisModule
+    from amlight.apps.predict_module import SynthesisModule
 
     module = SynthesisModule("runs/quickstart/stage1/checkpoints/last.ckpt",
                              adapter="runs/quickstart/stage2/checkpoints/last.ckpt", out_dir="runs/predict")
@@ -34,8 +34,8 @@ import lightning as L
 import torch
 
 from amlight.modules.attention_modes import check_mode
-from amlight.pipeline.inputs import Job, JobInputs, output_stem
-from amlight.pipeline.outputs import GenerationReport, ResultWriter, generate_pairs, prepare_out_dir
+from amlight.apps.inputs import Job, JobInputs, output_stem
+from amlight.apps.outputs import GenerationReport, ResultWriter, generate_pairs, prepare_out_dir
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -9,7 +9,7 @@ The unit of work is a :class:`Job`: one exemplar, one target label map, one outp
 ``load()`` that returns the tensors (:class:`JobInputs`). Builders for the three ways of pairing::
 
     from amlight.pipeline import AMPipeline
-    from amlight.pipeline.inputs import LabelSpace, InputCache, all_pairs, pairs_from_file
+    from amlight.apps.inputs import LabelSpace, InputCache, all_pairs, pairs_from_file
 
     pipe = AMPipeline.from_checkpoints("runs/quickstart/stage1/checkpoints/last.ckpt",
                                        "runs/quickstart/stage2/checkpoints/last.ckpt")
@@ -18,7 +18,7 @@ The unit of work is a :class:`Job`: one exemplar, one target label map, one outp
     jobs = pairs_from_file("data/synthetic/val/pairs.json", cache)     # listed pairs
     jobs = all_pairs(["ex.png"], ["ex_labels.png"], ["t1.png", "t2.png"], cache)  # every exemplar x target
 
-and :func:`amlight.pipeline.outputs.generate_pairs` draws and writes them. The applications
+and :func:`amlight.apps.outputs.generate_pairs` draws and writes them. The applications
 (METHOD.md part 9) are options of the builders: ``paints=[Paint(...)]`` edits the targets
 (segmentation editing: leave the targets out to edit each exemplar's own labels), ``links=[Link(...)]``
 pairs an exemplar region with a target region (one-to-one mapping), ``target_images=[...]`` shows the
@@ -204,7 +204,7 @@ class Paint:
     box: tuple[int, int, int, int]
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
-        from amlight.pipeline.applications import box_mask, paint_region
+        from amlight.apps.applications import box_mask, paint_region
 
         mask = box_mask(tuple(labels.shape[-2:]), self.box)
         out = paint_region(torch.as_tensor(labels), self.cls, torch.as_tensor(mask))
@@ -441,7 +441,7 @@ def _link_loader(base: Callable[[], JobInputs], cache: InputCache, links: Sequen
         return base
 
     def load() -> JobInputs:
-        from amlight.pipeline.applications import link_regions
+        from amlight.apps.applications import link_regions
 
         inputs = base()
         pairs = [(cache.mask(link.exemplar, exemplar_labels_path), cache.mask(link.target, target_labels_path))

@@ -1,0 +1,3 @@
+"""The applications around the inference core (amlight.pipeline): file inputs and outputs, the
+predict LightningModule, retrieval of exemplars, attention probes, notebook helpers and the
+applications of METHOD.md (one-to-one mapping, appearance strength, regional editing)."""
