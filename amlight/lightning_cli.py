@@ -16,7 +16,10 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningCLI
 
+from amlight.callbacks.progress_log import ProgressLog
 from amlight.checkpoint_io import AtomicCheckpointIO
+from amlight.checkpoints.files import STAGE_NAMES, CheckpointError, load_torch_file
+from amlight.cli_errors import describe
 from amlight.run_config import RunConfigCallback
 from amlight.run_directory import FailedStartCleanup, RunComplete, check_fit_target, derive_run_layout
 
@@ -75,7 +78,6 @@ class AmlightCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
-            from amlight.checkpoints.files import STAGE_NAMES, CheckpointError, load_torch_file
 
             ckpt = load_torch_file(ckpt_path, what="--ckpt_path", mmap=True)
             found = (ckpt.get("amlight") or {}).get("stage") if isinstance(ckpt, dict) else None
@@ -102,7 +104,6 @@ class AmlightCLI(LightningCLI):
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
         self.trainer.callbacks.append(self._witness)
-        from amlight.callbacks.progress_log import ProgressLog  # fit: plain progress lines when stdout is no terminal
 
         ProgressLog.add_to(self.trainer)
 
@@ -122,7 +123,6 @@ _LATEST: list[AmlightCLI | None] = [None]
 
 def run_cli(argv: list[str] | None, command: str = "fit") -> int:
     """Run a Lightning subcommand; an error about the user's input is one line on stderr and exit 1."""
-    from amlight.cli_errors import describe
 
     _LATEST[0] = None
     try:

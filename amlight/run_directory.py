@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from amlight.checkpoints.files import load_torch_file
+
 RUN_LOGGERS = ("amlight.run_logger.RunLogger",)
 # Subfolders of the run directory that hold run outputs and are searched in full for new files.
 OUTPUT_FOLDERS = ("checkpoints", "samples", "attention")
@@ -152,7 +154,6 @@ def check_fit_target(layout: RunLayout, ckpt_path: str | None, max_steps: int | 
         resume_from = Path(ckpt_path)
     if resume_from is None or not max_steps or max_steps < 0:
         return
-    from amlight.checkpoints.files import load_torch_file
 
     # mmap: only the small trainer record is read, not the weights.
     step = load_torch_file(resume_from, what="--ckpt_path", mmap=True).get("global_step", 0)

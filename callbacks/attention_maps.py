@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from amlight.modules.attention_modes import BLOCK_GROUPS
+from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionSettings
 from amlight.apps.attention_probe import (
     PROBE_MODES,
     choose_query_points,
@@ -131,9 +131,10 @@ class AttentionMaps(L.Callback):
     def _modes(self, adapter) -> list[str]:
         if self.modes is None:
             return ["augmented", "adapter"] if adapter is not None else ["augmented", "hard_mask"]
-        if adapter is None and "adapter" in self.modes:
+        usable = [m for m in self.modes if adapter is not None or not AttentionSettings(m).uses_adapter]
+        if len(usable) < len(self.modes):
             self._warn_once("adapter", "AttentionMaps: mode 'adapter' skipped: the module has no adapter")
-        return [m for m in self.modes if m != "adapter" or adapter is not None]
+        return usable
 
     def render(self, pl_module, batch: dict, metadata=None):
         """({(layer, sample): uint8 (3, H', W') panel}, {tag: float}) for ``batch``."""

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from amlight.checkpoints.stage1 import load_stage1
+from amlight.modules.exemplar_context import ExemplarRead
 from amlight.stages import AdapterStage
 from amlight.checkpoints.adapter_files import export_adapter, load_adapter
 from amlight.checkpoints.files import CheckpointError, read_checkpoint
@@ -26,10 +27,10 @@ def test_adapter_at_init_equals_augmented_attention(stage1_ckpt):
     with torch.no_grad():
         bank = model.write_bank(b["exemplar_image"], t, b["exemplar_labels"], prompt)
         kw = dict(bank=bank, exemplar_labels=b["exemplar_labels"])
-        augmented = model(b["image"], t, b["labels"], prompt, attention="augmented", **kw)
-        adapted = model(b["image"], t, b["labels"], prompt, attention="adapter", adapter=adapter, **kw)
+        augmented = model(b["image"], t, b["labels"], prompt, ExemplarRead(settings="augmented", **kw))
+        adapted = model(b["image"], t, b["labels"], prompt, ExemplarRead(settings="adapter", adapter=adapter, **kw))
         _perturb(adapter)
-        trained = model(b["image"], t, b["labels"], prompt, attention="adapter", adapter=adapter, **kw)
+        trained = model(b["image"], t, b["labels"], prompt, ExemplarRead(settings="adapter", adapter=adapter, **kw))
     assert (adapted - augmented).abs().max() < 1e-5
     assert (trained - augmented).abs().max() > 1e-4  # the adapter is really in the loop
 

@@ -240,7 +240,8 @@ def test_sweep_appends_rows_and_a_rerun_replaces_them(setup, capsys):
 
 def test_max_resolution_sweep_changes_only_the_adapter_and_is_restored(setup):
     from amlight.checkpoints.stage1 import load_stage1
-    from amlight.metrics.evaluation import Settings, adapter_max_resolution, generate, load_model, load_pairs
+    from amlight.metrics.evaluation import Settings, generate, load_model, load_pairs
+    from amlight.modules.exemplar_unet import adapter_max_resolution
     from amlight.data.registry import build_dataset
 
     model = load_model(setup["stage1"], setup["adapter"], "cpu")

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from amlight.modules import ExemplarContext
+from amlight.modules.attention_modes import AttentionSettings
+from amlight.modules.exemplar_context import ExemplarRead
 
 
 def _inputs(batch=2, classes=5, size=16, seed=0):
@@ -18,8 +20,8 @@ def test_structure_only_ignores_the_bank(tiny_model, tiny_backbone):
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn_like(x), t, labels, prompt)
         plain = tiny_model(x, t, labels, prompt)
-        ignored = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="structure_only")
-        read = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="augmented")
+        ignored = tiny_model(x, t, labels, prompt, ExemplarRead(bank, "structure_only", exemplar_labels=labels))
+        read = tiny_model(x, t, labels, prompt, ExemplarRead(bank, "augmented", exemplar_labels=labels))
     assert torch.equal(plain, ignored)
     assert (plain - read).abs().max() > 1e-4  # the bank does change the output
 
@@ -32,7 +34,7 @@ def test_identical_exemplar_equals_plain_self_attention(tiny_model, tiny_backbon
     with torch.no_grad():
         bank = tiny_model.write_bank(x, t, labels, prompt)
         plain = tiny_model(x, t, labels, prompt)
-        read = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="augmented")
+        read = tiny_model(x, t, labels, prompt, ExemplarRead(bank, "augmented", exemplar_labels=labels))
     assert torch.allclose(plain, read, atol=1e-5)
 
 
@@ -43,7 +45,7 @@ def test_dropped_rows_use_plain_attention(tiny_model, tiny_backbone):
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn_like(x), t, labels, prompt)
         plain = tiny_model(x, t, labels, prompt)
-        read = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, exemplar_keep=keep)
+        read = tiny_model(x, t, labels, prompt, ExemplarRead(bank, exemplar_labels=labels, exemplar_keep=keep))
     assert torch.allclose(read[~keep], plain[~keep], atol=1e-6)
     assert (read[keep] - plain[keep]).abs().max() > 1e-4
 
@@ -68,13 +70,13 @@ def test_dropped_rows_skip_the_exemplar_work_and_kept_rows_match_a_call_of_their
         rows_seen.append(logits.shape[0])
         return adapter(group, logits, cost, size)
 
-    kw = dict(attention=attention, adapter=spy if attention == "adapter" else None)
+    kw = dict(settings=attention, adapter=spy if attention == "adapter" else None)
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn_like(x), t, ex_labels, prompt)
-        mixed = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=ex_labels, exemplar_keep=keep, **kw)
+        mixed = tiny_model(x, t, labels, prompt, ExemplarRead(bank, exemplar_labels=ex_labels, exemplar_keep=keep, **kw))
         plain = tiny_model(x[~keep], t[~keep], labels[~keep], prompt[~keep])
-        alone = tiny_model(x[keep], t[keep], labels[keep], prompt[keep], bank={k: b[keep] for k, b in bank.items()},
-                           exemplar_labels=ex_labels[keep], **kw)
+        alone = tiny_model(x[keep], t[keep], labels[keep], prompt[keep],
+                           ExemplarRead({k: b[keep] for k, b in bank.items()}, exemplar_labels=ex_labels[keep], **kw))
     assert torch.allclose(mixed[~keep], plain, atol=1e-5)
     assert torch.allclose(mixed[keep], alone, atol=1e-5)
     if attention == "adapter":
@@ -92,7 +94,7 @@ def test_hard_mask_puts_no_probability_on_other_classes(tiny_model, tiny_backbon
 
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn_like(x), t, ex_labels, prompt)
-        tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=ex_labels, attention="hard_mask", recorder=recorder)
+        tiny_model(x, t, labels, prompt, ExemplarRead(bank, "hard_mask", exemplar_labels=ex_labels, recorder=recorder))
     assert set(seen) == set(tiny_model.self_attention_layers)
     for probs, cost in seen.values():
         off_class = probs.masked_select(~cost[:, None].expand_as(probs))
@@ -107,8 +109,9 @@ def test_blocks_restrict_which_layers_read(tiny_model, tiny_backbone):
     seen = []
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn_like(x), t, labels, prompt)
-        tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, groups=["mid"],
-                   recorder=lambda layer, *a: seen.append(layer))
+        tiny_model(x, t, labels, prompt, ExemplarRead(bank, AttentionSettings("augmented", groups={"mid"}),
+                                                      exemplar_labels=labels,
+                                                      recorder=lambda layer, *a: seen.append(layer)))
     assert seen and all(name.startswith("mid_block") for name in seen)
 
 
@@ -122,7 +125,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny_model, tiny_backbone):
     def grads():
         tiny_model.zero_grad()
         bank = tiny_model.write_bank(ex, t, labels, prompt)
-        out = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels)
+        out = tiny_model(x, t, labels, prompt, ExemplarRead(bank, exemplar_labels=labels))
         out.square().mean().backward()
         return {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
 
@@ -138,9 +141,9 @@ def test_gradient_checkpointing_keeps_gradients(tiny_model, tiny_backbone):
 
 def test_context_rejects_unknown_mode_and_missing_labels():
     with pytest.raises(ValueError, match="unknown attention mode"):
-        ExemplarContext(mode="read", latent_size=(8, 8), attention="softmask")
+        ExemplarContext(mode="read", latent_size=(8, 8), read=ExemplarRead(settings="softmask"))
     with pytest.raises(ValueError, match="needs target and exemplar label maps"):
-        ExemplarContext(mode="read", latent_size=(8, 8), attention="hard_mask")
+        ExemplarContext(mode="read", latent_size=(8, 8), read=ExemplarRead(settings="hard_mask"))
 
 
 def test_mismatched_exemplar_size_is_a_clear_error(tiny_model, tiny_backbone):
@@ -149,7 +152,7 @@ def test_mismatched_exemplar_size_is_a_clear_error(tiny_model, tiny_backbone):
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn(2, 3, 8, 8), t, labels[:, :8, :8], prompt)
         with pytest.raises(ValueError, match="exemplar and target must have the same size"):
-            tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels)
+            tiny_model(x, t, labels, prompt, ExemplarRead(bank, exemplar_labels=labels))
 
 
 def test_one_exemplar_serving_many_targets_is_projected_once(tiny_model, tiny_backbone):
@@ -165,11 +168,11 @@ def test_one_exemplar_serving_many_targets_is_projected_once(tiny_model, tiny_ba
         with torch.no_grad():
             bank = tiny_model.write_bank(x[:1], t[:1], labels[:1], prompt[:1])
             rows.clear()
-            shared = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels[:1], exemplar_index=index,
-                                attention="hard_mask")
+            shared = tiny_model(x, t, labels, prompt, ExemplarRead(bank, "hard_mask", exemplar_labels=labels[:1],
+                                                                   exemplar_index=index))
             assert sorted(rows) == [1, 3]  # the 3 targets' keys, the exemplar's keys once
-            copied = tiny_model(x, t, labels, prompt, bank={k: b.expand(3, -1, -1) for k, b in bank.items()},
-                                exemplar_labels=labels[:1].expand(3, -1, -1), attention="hard_mask")
+            copied = tiny_model(x, t, labels, prompt, ExemplarRead({k: b.expand(3, -1, -1) for k, b in bank.items()},
+                                "hard_mask", exemplar_labels=labels[:1].expand(3, -1, -1)))
     finally:
         handle.remove()
     assert torch.allclose(shared, copied, atol=1e-5)
@@ -178,11 +181,15 @@ def test_one_exemplar_serving_many_targets_is_projected_once(tiny_model, tiny_ba
 def test_a_keep_mask_that_keeps_every_row_adds_no_attention_mask():
     # Otherwise every row would go through masked attention for nothing (slower, same result).
     labels = torch.zeros(2, 8, 8, dtype=torch.long)
-    common = dict(mode="read", latent_size=(8, 8), target_labels=labels, exemplar_labels=labels)
-    all_kept = ExemplarContext(exemplar_keep=torch.tensor([True, True]), **common)
+    common = dict(mode="read", latent_size=(8, 8), target_labels=labels)
+
+    def reading(mode="augmented", **kw):
+        return ExemplarRead(settings=mode, exemplar_labels=labels, **kw)
+
+    all_kept = ExemplarContext(read=reading(exemplar_keep=torch.tensor([True, True])), **common)
     assert all_kept.cross_mask((4, 4), 2, torch.device("cpu")) is None and all_kept.row_split(2, "cpu") is None
-    one_dropped = ExemplarContext(exemplar_keep=torch.tensor([True, False]), **common)
+    one_dropped = ExemplarContext(read=reading(exemplar_keep=torch.tensor([True, False])), **common)
     mask = one_dropped.cross_mask((4, 4), 2, torch.device("cpu"))
     assert mask[0].all() and not mask[1].any()
-    hard = ExemplarContext(attention="hard_mask", exemplar_keep=torch.tensor([True, True]), **common)
+    hard = ExemplarContext(read=reading("hard_mask", exemplar_keep=torch.tensor([True, True])), **common)
     assert torch.equal(hard.cross_mask((4, 4), 2, torch.device("cpu")), hard.cost((4, 4)))

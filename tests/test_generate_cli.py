@@ -333,3 +333,13 @@ def test_python_entry_point(world, tmp_path):
     status = generate_files(world["stage1"], tmp_path / "out", adapter=world["adapter"], data=world["data"],
                             pairs=world["val"] / "pairs.json", steps=2, threads=1, quiet=True, batch_size=4)
     assert status == 0 and len(list((tmp_path / "out").glob("s*.png"))) == 4
+
+
+def test_the_parsers_mode_lists_are_attention_modes():
+    """The parsers cannot import amlight.modules (it loads torch; --help must not), so they spell the
+    modes out: here they are checked against their one home."""
+    from amlight.commands import benchmark, generate
+    from amlight.modules.attention_modes import ATTENTION_MODES, BANK_MODES
+
+    assert generate.MODES == tuple(sorted(ATTENTION_MODES))
+    assert benchmark.BANK_MODES == tuple(sorted(BANK_MODES))

@@ -84,8 +84,8 @@ def test_a_compile_failure_is_reported_not_raised(tmp_path):
             super().__init__()
             self.unet = torch.nn.Conv2d(4, 4, 1)
 
-        def forward(self, latents, t, labels, prompt, attention):
-            calls.append(attention)
+        def forward(self, latents, t, labels, prompt, read):
+            calls.append(read.settings.mode)
             return self.unet(latents)
 
     def broken_backend(gm, example_inputs):

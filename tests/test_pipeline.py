@@ -112,7 +112,7 @@ def test_banks_built_once_for_many_targets(tiny_model, tiny_backbone):
         assert banks.unet_calls == 2 * STEPS and banks.unet_rows == 2 * 2 * STEPS and banks.steps == STEPS
         calls.clear()
         pipe = AMPipeline(tiny_model, tiny_backbone)
-        out = pipe(targets, banks, torch.tensor([1, 1, 1, 1]), mode="augmented")
+        out = pipe(targets, banks, torch.tensor([1, 1, 1, 1]), attention="augmented")
         # N=4 targets reuse the banks: one 2N-row call per step, no more bank building.
         assert calls == [8] * STEPS
         assert pipe.unet_rows == 8 * STEPS and pipe.unet_calls == STEPS
@@ -120,9 +120,9 @@ def test_banks_built_once_for_many_targets(tiny_model, tiny_backbone):
 
         # exemplar_index picks the bank rows: the same as banks of exemplar 1 alone, broadcast.
         single = build_exemplar_banks(tiny_model, tiny_backbone, images[1:], ex_labels[1:], STEPS)
-        alone = pipe(targets, single, mode="augmented")
+        alone = pipe(targets, single, attention="augmented")
         torch.testing.assert_close(out, alone, atol=1e-4, rtol=1e-4)
-        mixed = pipe(targets, banks, torch.tensor([0, 1, 0, 1]), mode="augmented")
+        mixed = pipe(targets, banks, torch.tensor([0, 1, 0, 1]), attention="augmented")
         assert (mixed[0] - out[0]).abs().max() > 1e-4
         torch.testing.assert_close(mixed[1], out[1], atol=1e-4, rtol=1e-4)
     finally:
@@ -139,7 +139,7 @@ def test_uncond_rows_are_plain_self_attention(tiny_model, tiny_backbone, mode):
         lambda mod, args, kwargs, out: seen.append((args, out)), with_kwargs=True
     )
     try:
-        pipe(targets, banks, mode=mode, guidance_scale=3.0)
+        pipe(targets, banks, attention=mode, guidance_scale=3.0)
     finally:
         handle.remove()
     assert len(seen) == STEPS
@@ -159,14 +159,14 @@ def test_structure_only_ignores_banks(tiny_model, tiny_backbone):
     images, ex_labels, targets = _data(2, 2)
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
     other = build_exemplar_banks(tiny_model, tiny_backbone, -images, ex_labels.flip(-1), STEPS)
-    a = pipe(targets, banks, mode="structure_only")
-    assert torch.equal(a, pipe(targets, other, mode="structure_only"))
-    assert torch.equal(a, pipe(targets, None, mode="structure_only", steps=STEPS))
-    assert (a - pipe(targets, banks, mode="augmented")).abs().max() > 1e-4
+    a = pipe(targets, banks, attention="structure_only")
+    assert torch.equal(a, pipe(targets, other, attention="structure_only"))
+    assert torch.equal(a, pipe(targets, None, attention="structure_only", steps=STEPS))
+    assert (a - pipe(targets, banks, attention="augmented")).abs().max() > 1e-4
     with pytest.raises(ValueError, match="banks"):
-        pipe(targets, None, mode="augmented")
+        pipe(targets, None, attention="augmented")
     with pytest.raises(ValueError, match="adapter"):
-        pipe(targets, banks, mode="adapter")
+        pipe(targets, banks, attention="adapter")
 
 
 def test_from_checkpoints(stage1_ckpt, tmp_path):
@@ -175,7 +175,7 @@ def test_from_checkpoints(stage1_ckpt, tmp_path):
     pipe = AMPipeline.from_checkpoints(stage1_ckpt)
     assert pipe.adapter is None
     images, ex_labels, targets = _data(1, 3)
-    out = pipe.generate(images, ex_labels, targets, steps=3, mode="augmented", guidance_scale=2.0)
+    out = pipe.generate(images, ex_labels, targets, steps=3, attention="augmented", guidance_scale=2.0)
     assert out.shape == (3, 3, 16, 16) and torch.isfinite(out).all()
 
     adapter = _adapter()
@@ -188,3 +188,27 @@ def test_from_checkpoints(stage1_ckpt, tmp_path):
     assert with_adapter.adapter is not None
     out = with_adapter.generate(images, ex_labels, targets, steps=3, seed=1)
     assert out.shape == (3, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_attention_settings_max_resolution_lasts_one_call(tiny_model, tiny_backbone):
+    from amlight.modules.attention_modes import AttentionSettings
+
+    class PoolingSpy:
+        """An adapter that adds nothing and notes the pooling size it runs with."""
+
+        def __init__(self):
+            self.max_resolution, self.seen = 32, set()
+
+        def __call__(self, group, logits, cost, size):
+            self.seen.add(self.max_resolution)
+            return torch.zeros_like(logits)
+
+    spy = PoolingSpy()
+    pipe = AMPipeline(tiny_model, tiny_backbone, adapter=spy)
+    images, ex_labels, targets = _data(1, 1)
+    banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
+    pipe(targets, banks, attention=AttentionSettings("adapter", max_resolution=2))
+    assert spy.seen == {2} and spy.max_resolution == 32
+    spy.seen.clear()
+    pipe(targets, banks, attention="adapter")
+    assert spy.seen == {32}

@@ -1,4 +1,5 @@
 """Generation options: appearance strength, chunked attention, match labels, batching and seeds."""
+import dataclasses
 import math
 import warnings
 
@@ -6,6 +7,8 @@ import pytest
 import torch
 
 from amlight.modules import AMAdapter
+from amlight.modules.attention_modes import AttentionSettings
+from amlight.modules.exemplar_context import ExemplarRead
 from amlight.modules.label_resize import resize_labels
 from amlight.pipeline.exemplar_banks import build_exemplar_banks
 from amlight.pipeline.synthesis import AMPipeline, UncoveredClassWarning, uncovered_classes
@@ -21,14 +24,15 @@ def _inputs(batch=2, classes=5, size=16, seed=0):
     return x, labels, t
 
 
-def _read(model, backbone, attention="augmented", **kw):
+def _read(model, backbone, attention="augmented", appearance_strength=1.0, **kw):
     x, labels, t = _inputs()
     prompt = backbone.prompt_batch(2)
     ex_labels = labels.flip(-1)
     exemplar = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         bank = model.write_bank(exemplar, t, ex_labels, prompt)
-        return model(x, t, labels, prompt, bank=bank, exemplar_labels=ex_labels, attention=attention, **kw)
+        settings = AttentionSettings(attention, appearance_strength=appearance_strength)
+        return model(x, t, labels, prompt, ExemplarRead(bank, settings, exemplar_labels=ex_labels, **kw))
 
 
 def test_strength_zero_is_plain_self_attention(tiny_model, tiny_backbone):
@@ -42,7 +46,7 @@ def test_strength_bias_is_the_same_in_fused_and_explicit_attention(tiny_model, t
     shares = {}
 
     def recorder(layer, probs, size, ctx):
-        shares.setdefault(ctx.appearance_strength, []).append(float(probs.sum(-1).mean()))
+        shares.setdefault(ctx.settings.appearance_strength, []).append(float(probs.sum(-1).mean()))
 
     for s in (1.0, 3.0):
         fused = _read(tiny_model, tiny_backbone, appearance_strength=s)
@@ -76,16 +80,15 @@ def test_match_labels_drive_the_cost_not_the_structure(tiny_model, tiny_backbone
     seen = []
     with torch.no_grad():
         bank = tiny_model.write_bank(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)), t, labels, prompt)
-        same = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="hard_mask")
-        explicit_same = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="hard_mask",
-                                   match_labels=labels.clone())
+        hard = ExemplarRead(bank, "hard_mask", exemplar_labels=labels)
+        same = tiny_model(x, t, labels, prompt, hard)
+        explicit_same = tiny_model(x, t, labels, prompt, dataclasses.replace(hard, match_labels=labels.clone()))
         # Relabel a target region to a label the exemplar lacks: its queries lose the exemplar.
         match = labels.clone()
         match[:, :8] = 9
-        tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="hard_mask",
-                   match_labels=match, recorder=lambda layer, probs, size, ctx: seen.append((size, ctx.cost(size))))
-        moved = tiny_model(x, t, labels, prompt, bank=bank, exemplar_labels=labels, attention="hard_mask",
-                           match_labels=match)
+        tiny_model(x, t, labels, prompt, dataclasses.replace(
+            hard, match_labels=match, recorder=lambda layer, probs, size, ctx: seen.append((size, ctx.cost(size)))))
+        moved = tiny_model(x, t, labels, prompt, dataclasses.replace(hard, match_labels=match))
     assert torch.equal(same, explicit_same)
     assert (moved - same).abs().max() > 1e-4
     for size, cost in seen:
@@ -133,11 +136,11 @@ def test_warns_when_a_target_class_is_missing_from_its_exemplar(tiny_model, tiny
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        pipe(covered, banks, mode="augmented")
+        pipe(covered, banks, attention="augmented")
     lacking = covered.clone()
     lacking[1, -3:] = 4
     with pytest.warns(UncoveredClassWarning, match=r"target 1: \[4\]"):
-        pipe(lacking, banks, mode="augmented")
+        pipe(lacking, banks, attention="augmented")
     assert uncovered_classes(lacking[1], ex_labels[0]) == [4]
     assert uncovered_classes(torch.full((4, 4), 255), ex_labels[0]) == []
 

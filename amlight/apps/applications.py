@@ -14,7 +14,7 @@ Python, on a loaded pipeline (``pipe = AMPipeline.from_checkpoints(stage1, adapt
 
     # one-to-one: exemplar car mask -> target car mask
     t_match, x_match = link_regions(target, exemplar_labels, [(x_car, t_car)], pipe.num_classes)
-    pipe.generate(ex_img[None], exemplar_labels[None], target[None], mode="adapter",
+    pipe.generate(ex_img[None], exemplar_labels[None], target[None], attention="adapter",
                   target_match_labels=t_match[None], exemplar_match_labels=x_match[None])
     # editing: paint a car (class 7) onto the road, regenerate from the original image
     edited = paint_region(labels, 7, box_mask(labels.shape, (4, 20, 12, 28)))

@@ -17,14 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups, check_mode, group_of
+from amlight.modules.attention_modes import BANK_MODES, BLOCK_GROUPS, AttentionSettings, check_groups, group_of
+from amlight.modules.exemplar_context import ExemplarRead
 
 try:
     from scipy.ndimage import distance_transform_edt as _edt
 except ImportError:  # scipy is a dependency of scikit-image, but the probe must not need it
     _edt = None
 
-PROBE_MODES = ("augmented", "hard_mask", "adapter")
+# A probe looks at exemplar attention: only the modes that read the exemplar have any.
+PROBE_MODES = BANK_MODES
 
 
 # --------------------------------------------------------------------------- query points
@@ -181,7 +183,7 @@ def probe_attention(
     model,
     backbone,
     batch: dict,
-    mode: str,
+    mode: AttentionSettings | str,
     adapter=None,
     timestep: int = 500,
     layers: Iterable[str] | None = None,
@@ -194,13 +196,14 @@ def probe_attention(
     Target and exemplar latents are noised with fixed noise from ``seed``, so repeated probes of the same
     batch differ only through the model. ``layers`` None records every self-attention layer that reads
     the bank (those of ``groups``); on large backbones name a few: each costs (B, N, N) floats on the CPU.
+    ``mode``: settings, or a mode name read in ``groups``.
     """
-    check_mode(mode)
-    if mode not in PROBE_MODES:
+    settings = AttentionSettings.of(mode, groups)
+    mode = settings.mode
+    if not settings.reads_exemplar:
         raise ValueError(f"probe mode must read the exemplar: one of {', '.join(PROBE_MODES)}, got {mode!r}")
-    if mode == "adapter" and adapter is None:
+    if settings.uses_adapter and adapter is None:
         raise ValueError("probe mode 'adapter' needs an adapter")
-    groups = check_groups(groups)
     wanted = None
     if layers is not None:
         wanted = set(layers)
@@ -237,10 +240,10 @@ def probe_attention(
         exemplar_noisy = scheduler.add_noise(exemplar_latents, exemplar_noise, t)
         prompt = backbone.prompt_batch(n).to(device, dtype)
         bank = model.write_bank(exemplar_noisy, t, exemplar_labels, prompt)
-        model(
-            noisy, t, labels, prompt, bank=bank, exemplar_labels=exemplar_labels, attention=mode,
-            groups=groups, adapter=adapter if mode == "adapter" else None, recorder=recorder,
-        )
+        model(noisy, t, labels, prompt, ExemplarRead(
+            bank, settings, exemplar_labels=exemplar_labels, adapter=adapter if settings.uses_adapter else None,
+            recorder=recorder,
+        ))
     return result
 
 

@@ -36,8 +36,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from amlight.apps.applications import box_mask, link_regions, paint_region
+from amlight.data.datasets.folder import CLASSES_FILE, load_classes_yaml, read_classes_settings
 from amlight.data.io import DataFileError, check_pair, load_image, load_labels
-from amlight.data.registry import DatasetMetadata
+from amlight.data.pairing import read_pairs_file
+from amlight.data.registry import DatasetMetadata, build_dataset, get_dataset_entry, registered_datasets
+from amlight.modules.attention_modes import AttentionSettings
 
 
 class InputError(ValueError):
@@ -105,11 +109,7 @@ class LabelSpace:
                 options: dict | None = None) -> "LabelSpace":
         """From a registered dataset name (``cityscapes``; its files are used for the decoding settings
         when present, else its built-in palette) or a folder with ``classes.yaml``."""
-        from amlight.data.registry import build_dataset, get_dataset_entry, registered_datasets
-
         if data not in registered_datasets() and Path(data).is_dir():
-            from amlight.data.datasets.folder import CLASSES_FILE, load_classes_yaml, read_classes_settings
-
             metadata = load_classes_yaml(Path(data) / CLASSES_FILE)
             settings = read_classes_settings(Path(data) / CLASSES_FILE)
             return cls(metadata, settings.get("label_format", "auto"), settings.get("unknown_colors", "error"),
@@ -176,8 +176,11 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return tensor.float().div(127.5).sub(1.0)
 
 
-def resize_labels(labels: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """int (H, W) -> int64 (h, w), nearest neighbour only (no label value the map does not hold)."""
+def resize_labels_nearest(labels: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """int (H, W) -> int64 (h, w), nearest neighbour only (no label value the map does not hold).
+
+    For label files brought to the model's size; the categorical cost's downsampling to attention
+    resolutions is :func:`amlight.modules.label_resize.resize_labels` (majority vote)."""
     from torchvision import tv_tensors
     from torchvision.transforms.v2 import functional as F
 
@@ -189,7 +192,7 @@ def resize_labels(labels: np.ndarray | torch.Tensor, size: tuple[int, int]) -> t
 
 
 def resize_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return resize_labels(torch.as_tensor(np.asarray(mask)).to(torch.uint8), size).bool()
+    return resize_labels_nearest(torch.as_tensor(np.asarray(mask)).to(torch.uint8), size).bool()
 
 
 # --- edits and links (METHOD.md part 9) -------------------------------------------------------
@@ -204,8 +207,6 @@ class Paint:
     box: tuple[int, int, int, int]
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
-        from amlight.apps.applications import box_mask, paint_region
-
         mask = box_mask(tuple(labels.shape[-2:]), self.box)
         out = paint_region(torch.as_tensor(labels), self.cls, torch.as_tensor(mask))
         return np.asarray(out.cpu().numpy() if isinstance(out, torch.Tensor) else out, dtype=np.int64)
@@ -352,7 +353,7 @@ class InputCache:
             image, labels = self.raw_image(image_path), self.raw_labels(label_path)
             check_pair(image, labels, image_path, label_path)
             self._note_aspect(image_path, image.shape)
-            return resize_image(image, self.size), resize_labels(labels, self.size)
+            return resize_image(image, self.size), resize_labels_nearest(labels, self.size)
 
         return self._cached(("exemplar", str(image_path), str(label_path)), make)
 
@@ -366,7 +367,7 @@ class InputCache:
                     labels = paint.apply(labels)
                 except ValueError as e:
                     raise InputError(f"--paint {paint.describe(self.space)} on {label_path}: {e}") from None
-            return resize_labels(labels, self.size)
+            return resize_labels_nearest(labels, self.size)
 
         return self._cached(("target", str(label_path), tuple(paints)), make)
 
@@ -430,9 +431,9 @@ class Job:
         return (self.exemplar, digest)
 
 
-def output_stem(exemplar_stem: str, target_stem: str, mode: str = "adapter") -> str:
-    """``<exemplar>__<target>`` plus ``__<mode>`` for the ablation modes."""
-    return f"{exemplar_stem}__{target_stem}" + ("" if mode == "adapter" else f"__{mode}")
+def output_stem(exemplar_stem: str, target_stem: str, attention: AttentionSettings = AttentionSettings()) -> str:
+    """``<exemplar>__<target>`` plus ``__<mode>`` for the ablation modes (those without the adapter)."""
+    return f"{exemplar_stem}__{target_stem}" + ("" if attention.uses_adapter else f"__{attention.mode}")
 
 
 def _link_loader(base: Callable[[], JobInputs], cache: InputCache, links: Sequence[Link],
@@ -441,8 +442,6 @@ def _link_loader(base: Callable[[], JobInputs], cache: InputCache, links: Sequen
         return base
 
     def load() -> JobInputs:
-        from amlight.apps.applications import link_regions
-
         inputs = base()
         pairs = [(cache.mask(link.exemplar, exemplar_labels_path), cache.mask(link.target, target_labels_path))
                  for link in links]
@@ -456,8 +455,9 @@ def _link_loader(base: Callable[[], JobInputs], cache: InputCache, links: Sequen
 
 
 def make_job(cache: InputCache, exemplar_image, exemplar_labels, target_labels, *, target_image=None,
-             paints: Sequence[Paint] = (), links: Sequence[Link] = (), mode: str = "adapter",
-             target_stem: str | None = None, info: dict | None = None) -> Job:
+             paints: Sequence[Paint] = (), links: Sequence[Link] = (),
+             attention: AttentionSettings = AttentionSettings(), target_stem: str | None = None,
+             info: dict | None = None) -> Job:
     """A job drawing label file ``target_labels`` in the appearance of ``exemplar_image``/``exemplar_labels``."""
     exemplar_image, exemplar_labels, target_labels = Path(exemplar_image), Path(exemplar_labels), Path(target_labels)
     target_image = None if target_image is None else Path(target_image)
@@ -481,13 +481,13 @@ def make_job(cache: InputCache, exemplar_image, exemplar_labels, target_labels, 
     if links:
         record["links"] = [str(link) for link in links]
     record.update(info or {})
-    return Job(output_stem(exemplar_image.stem, target_stem, mode), str(exemplar_image), str(target_labels),
+    return Job(output_stem(exemplar_image.stem, target_stem, attention), str(exemplar_image), str(target_labels),
                _link_loader(base, cache, links, exemplar_labels, target_labels), record)
 
 
 def all_pairs(exemplar_images: Sequence, exemplar_labels: Sequence, target_labels: Sequence, cache: InputCache, *,
               target_images: Sequence | None = None, paints: Sequence[Paint] = (), links: Sequence[Link] = (),
-              mode: str = "adapter") -> list[Job]:
+              attention: AttentionSettings = AttentionSettings()) -> list[Job]:
     """Every exemplar with every target (grouped by exemplar). No targets: each exemplar with its own
     labels (after ``paints``: segmentation editing)."""
     if len(exemplar_images) != len(exemplar_labels):
@@ -500,27 +500,25 @@ def all_pairs(exemplar_images: Sequence, exemplar_labels: Sequence, target_label
     for ex_img, ex_lab in zip(exemplar_images, exemplar_labels):
         if not target_labels:  # editing: the exemplar's own layout, edited, in its own appearance
             jobs.append(make_job(cache, ex_img, ex_lab, ex_lab, target_image=ex_img, paints=paints, links=links,
-                                 mode=mode, target_stem=Path(ex_lab).stem + "_edited"))
+                                 attention=attention, target_stem=Path(ex_lab).stem + "_edited"))
             continue
         for k, tgt in enumerate(target_labels):
-            jobs.append(make_job(cache, ex_img, ex_lab, tgt, paints=paints, links=links, mode=mode,
+            jobs.append(make_job(cache, ex_img, ex_lab, tgt, paints=paints, links=links, attention=attention,
                                  target_image=None if target_images is None else target_images[k]))
     return jobs
 
 
 def pairs_from_file(path: str | Path, cache: InputCache, *, paints: Sequence[Paint] = (),
-                    links: Sequence[Link] = (), mode: str = "adapter") -> list[Job]:
+                    links: Sequence[Link] = (), attention: AttentionSettings = AttentionSettings()) -> list[Job]:
     """The pairs of a pairs JSON (see :func:`amlight.data.pairing.read_pairs_file`); ``ground_truth``,
     when given, is shown as the target image in triplets."""
-    from amlight.data.pairing import read_pairs_file
-
     return [make_job(cache, p.exemplar, p.exemplar_labels, p.target_labels, target_image=p.ground_truth,
-                     paints=paints, links=links, mode=mode) for p in read_pairs_file(path)]
+                     paints=paints, links=links, attention=attention) for p in read_pairs_file(path)]
 
 
 def retrieved_pairs(target_labels: Sequence, index, cache: InputCache, top_k: int = 1, *,
                     target_images: Sequence | None = None, paints: Sequence[Paint] = (),
-                    mode: str = "adapter") -> list[Job]:
+                    attention: AttentionSettings = AttentionSettings()) -> list[Job]:
     """Each target with its ``top_k`` exemplars from ``index`` (a retrieval ``LabelIndex``); the target's
     own scene (same name) is never its exemplar."""
     if target_images is not None and len(target_images) != len(target_labels):
@@ -544,7 +542,7 @@ def retrieved_pairs(target_labels: Sequence, index, cache: InputCache, top_k: in
             info = {"retrieval": {"rank": rank + 1, "name": m.name, "score": float(m.score),
                                   "coverage": float(m.coverage),
                                   "missing_classes": [cache.space.class_name(int(c)) for c in m.missing_classes]}}
-            jobs.append(make_job(cache, m.image_path, m.label_path, tgt, paints=paints, mode=mode,
+            jobs.append(make_job(cache, m.image_path, m.label_path, tgt, paints=paints, attention=attention,
                                  target_image=None if target_images is None else target_images[k], info=info))
     return jobs
 

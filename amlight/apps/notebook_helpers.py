@@ -19,8 +19,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from amlight.data.registry import DatasetMetadata
-from amlight.modules.attention_modes import ATTENTION_MODES
+from amlight.checkpoints.adapter_files import export_adapter
+from amlight.data.datasets.synthetic import synthetic_pairs_file
+from amlight.data.pairing import PairDataset, read_pairs_file
+from amlight.data.registry import DatasetMetadata, build_dataset
+from amlight.data.synthetic import SYNTHETIC_METADATA, ensure_synthetic_dataset, read_manifest
+from amlight.modules.attention_modes import ATTENTION_MODES, AttentionSettings
+from amlight.stages import AdapterStage, GenerationStage
 from amlight.apps.attention_probe import (
     PROBE_MODES,
     choose_query_points,
@@ -85,9 +90,6 @@ def build_standin_checkpoints(folder: str | Path, num_classes: int, stage1: str 
     written as training writes them (through a Lightning Trainer), the adapter then exported with
     :func:`~amlight.checkpoints.adapter_files.export_adapter`, so they load exactly like real ones.
     """
-    from amlight.stages import AdapterStage, GenerationStage
-    from amlight.checkpoints.adapter_files import export_adapter
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
@@ -114,8 +116,6 @@ def quickstart_checkpoints(stage1: str | Path = QUICKSTART_STAGE1, stage2: str |
         print(f"using the trained quickstart checkpoints:\n  stage 1: {stage1}\n  stage 2: {stage2}")
         return stage1, stage2, False
     if num_classes is None:
-        from amlight.data.synthetic import SYNTHETIC_METADATA
-
         num_classes = SYNTHETIC_METADATA.num_classes
     missing = [str(p) for p in (stage1, stage2) if not p.is_file()]
     print("checkpoint(s) not found: " + ", ".join(missing))
@@ -136,8 +136,6 @@ def quickstart_checkpoints(stage1: str | Path = QUICKSTART_STAGE1, stage2: str |
 def ensure_data(root: str | Path = DEFAULT_DATA_ROOT) -> Path:
     """``root`` with a synthetic dataset in it: the one there, however generated, else a fresh one
     with the default parameters (what ``make demo`` trains on; about 10 s)."""
-    from amlight.data.synthetic import ensure_synthetic_dataset, read_manifest
-
     root = Path(root)
     if read_manifest(root) is None:
         print(f"no synthetic dataset in {root}: generating it ...")
@@ -152,10 +150,6 @@ def load_val_pairs(root: str | Path, indices: Sequence[int], size: tuple[int, in
     Batch: image (the target's ground truth) and exemplar_image (N, 3, H, W) in [-1, 1], labels and
     exemplar_labels (N, H, W), name (list). Also returns the dataset's metadata (class names, colours).
     """
-    from amlight.data.datasets.synthetic import synthetic_pairs_file
-    from amlight.data.pairing import PairDataset, read_pairs_file
-    from amlight.data.registry import build_dataset
-
     source = build_dataset("synthetic", root=root, split="val")
     pairs = read_pairs_file(synthetic_pairs_file(root))
     bad = [i for i in indices if not 0 <= int(i) < len(pairs)]
@@ -238,16 +232,17 @@ def compare_modes(pipe, batch: dict, banks, modes: Sequence[str] = ATTENTION_MOD
     drawn with these banks, seed and guidance (not drawn again). ``adapter`` is left out (with a note)
     when the pipeline has none."""
     images = {}
-    for mode in modes:
+    for attention in map(AttentionSettings, modes):
+        mode = attention.mode
         if done is not None and mode in done:
             images[mode] = done[mode]
             print(f"{mode:<15} (drawn above)")
             continue
-        if mode == "adapter" and pipe.adapter is None:
+        if attention.uses_adapter and pipe.adapter is None:
             print("adapter: skipped (the pipeline has no adapter)")
             continue
         start = time.perf_counter()
-        images[mode] = pipe(batch["labels"], banks, mode=mode, guidance_scale=guidance_scale, seed=seed)
+        images[mode] = pipe(batch["labels"], banks, attention=attention, guidance_scale=guidance_scale, seed=seed)
         print(f"{mode:<15} {time.perf_counter() - start:5.1f} s")
     return images
 
@@ -293,11 +288,12 @@ def attention_figure(pipe, batch: dict, sample: int, point: tuple[int, int], met
     point = _check_point(point, tuple(labels.shape[-2:]))
     one = {key: batch[key][sample:sample + 1] for key in BATCH_KEYS}
     layers = list(layers or default_probe_layers(pipe.model.self_attention_layers))
-    modes = [m for m in modes if m != "adapter" or pipe.adapter is not None]
+    attentions = [a for a in map(AttentionSettings, modes) if not a.uses_adapter or pipe.adapter is not None]
+    modes = [a.mode for a in attentions]
     results = {
-        mode: probe_attention(pipe.model, pipe.backbone, one, mode, adapter=pipe.adapter, timestep=timestep,
-                              layers=layers, seed=seed)
-        for mode in modes
+        a.mode: probe_attention(pipe.model, pipe.backbone, one, a, adapter=pipe.adapter, timestep=timestep,
+                                layers=layers, seed=seed)
+        for a in attentions
     }
     layers = [layer for layer in layers if all(layer in r.probs for r in results.values())]
     if not layers:

@@ -1,10 +1,10 @@
 """Drawing jobs and writing what they produce: results, triplets, a grid, ``summary.json``.
 
-:func:`generate_pairs` is the loop behind ``python -m amlight generate`` and ``python -m amlight
-predict``. It groups the jobs (:class:`~amlight.apps.inputs.Job`) by exemplar, builds each
-exemplar's banks (DDIM inversion) once for all its targets, draws up to ``batch_size`` targets per
-UNet call (exemplars are inverted ``batch_size`` at a time too), and hands every image to a
-:class:`ResultWriter`:
+:func:`generate_pairs` (one :class:`PairGenerator` run) is the loop behind ``python -m amlight
+generate`` and ``python -m amlight predict``. It groups the jobs (:class:`~amlight.apps.inputs.Job`)
+by exemplar, builds each exemplar's banks (DDIM inversion) once for all its targets, draws up to
+``batch_size`` targets per UNet call (exemplars are inverted ``batch_size`` at a time too), and
+hands every image to a :class:`ResultWriter`:
 
 - ``OUT/<exemplar>__<target>[__mode].png``: the result, at the model's size;
 - ``OUT/triplets/<same name>.png`` (``triplets=True``): exemplar | target labels | result [| target image];
@@ -21,16 +21,17 @@ sums can differ, in the last bit, with the batch size or the number of threads).
 
 Python::
 
-    from amlight.pipeline import AMPipeline
     from amlight.apps.inputs import InputCache, LabelSpace, pairs_from_file
     from amlight.apps.outputs import ResultWriter, generate_pairs
+    from amlight.modules.attention_modes import AttentionSettings
+    from amlight.pipeline import AMPipeline
 
     pipe = AMPipeline.from_checkpoints("runs/quickstart/stage1/checkpoints/last.ckpt",
                                        "runs/quickstart/stage2/checkpoints/last.ckpt")
     space = LabelSpace.resolve("data/synthetic")
     jobs = pairs_from_file("data/synthetic/val/pairs.json", InputCache(space, pipe.resolution))
     writer = ResultWriter("runs/generate", triplets=True, metadata=space.metadata)
-    report = generate_pairs(pipe, jobs, writer, steps=20, seed=0)
+    report = generate_pairs(pipe, jobs, writer, attention=AttentionSettings("adapter"), steps=20, seed=0)
     writer.write_summary({"pairs": "data/synthetic/val/pairs.json"}, report)
     writer.write_grid()
 """
@@ -48,10 +49,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from amlight.apps.inputs import Job, JobInputs, dedupe
 from amlight.atomic_write import atomic_write
 from amlight.data.registry import DatasetMetadata
-from amlight.apps.inputs import Job, JobInputs
+from amlight.modules.attention_modes import AttentionSettings
+from amlight.pipeline.exemplar_banks import ExemplarBanks
+from amlight.pipeline.synthesis import UncoveredClassWarning, uncovered_classes
+from amlight.visualize import colorize, column_grid, save_png, to_uint8
 
 GRID_LIMIT = 16
 SUMMARY_FILE = "summary.json"
@@ -131,8 +137,6 @@ class ResultWriter:
 
     def columns(self, inputs: JobInputs, result: torch.Tensor) -> list[torch.Tensor]:
         """exemplar | target labels | result [| target image], each uint8 (3, H, W)."""
-        from amlight.visualize import colorize, to_uint8
-
         cols = [to_uint8(inputs.exemplar_image[None])[0], colorize(inputs.target_labels[None].cpu(), self.metadata)[0],
                 result]
         if inputs.target_image is not None:
@@ -141,8 +145,6 @@ class ResultWriter:
 
     def write(self, name: str, result: torch.Tensor, inputs: JobInputs) -> list[Path]:
         """Write result ``name`` (uint8 (3, H, W)) and, if asked, its triplet; remember it for the grid."""
-        from amlight.visualize import save_png
-
         paths = [save_png(result, self.result_path(name))]
         paths += self._triplet(name, result, inputs)
         return paths
@@ -156,8 +158,6 @@ class ResultWriter:
         return self._triplet(name, result, inputs)
 
     def _triplet(self, name: str, result: torch.Tensor, inputs: JobInputs) -> list[Path]:
-        from amlight.visualize import column_grid, save_png
-
         cols = self.columns(inputs, result.cpu())
         if len(self.grid_rows) < self.grid_limit:
             self.grid_rows.append(cols)
@@ -168,8 +168,6 @@ class ResultWriter:
 
     def grid_image(self, rows: Sequence[Sequence[torch.Tensor]] | None = None) -> torch.Tensor | None:
         """One row per triplet (missing target-image columns left white), or None without rows."""
-        from amlight.visualize import column_grid
-
         rows = list(self.grid_rows if rows is None else rows)[: self.grid_limit]
         if not rows:
             return None
@@ -180,8 +178,6 @@ class ResultWriter:
 
     def write_grid(self, rows: Sequence[Sequence[torch.Tensor]] | None = None) -> Path | None:
         """``OUT/grid.png`` of this run's triplets; nothing (and an older grid kept) when none was drawn."""
-        from amlight.visualize import save_png
-
         image = self.grid_image(rows)
         return None if image is None else save_png(image, self.out_dir / GRID_FILE)
 
@@ -229,10 +225,8 @@ class GenerationReport:
     settings: dict = field(default_factory=dict)
 
 
-def concat_banks(parts: Sequence):
+def concat_banks(parts: Sequence[ExemplarBanks]) -> ExemplarBanks:
     """One :class:`~amlight.pipeline.exemplar_banks.ExemplarBanks` over several exemplars' banks (same schedule)."""
-    from amlight.pipeline.exemplar_banks import ExemplarBanks
-
     if len(parts) == 1:
         return parts[0]
     first = parts[0]
@@ -247,10 +241,8 @@ def concat_banks(parts: Sequence):
     )
 
 
-def slice_banks(banks, j: int):
+def slice_banks(banks: ExemplarBanks, j: int) -> ExemplarBanks:
     """Exemplar ``j`` of an :class:`~amlight.pipeline.exemplar_banks.ExemplarBanks` as banks of its own."""
-    from amlight.pipeline.exemplar_banks import ExemplarBanks
-
     n = max(1, banks.batch)
     return ExemplarBanks(
         timesteps=banks.timesteps, banks=[{layer: t[j:j + 1] for layer, t in step.items()} for step in banks.banks],
@@ -260,9 +252,190 @@ def slice_banks(banks, j: int):
 
 
 def _default_warn(message: str) -> None:
-    from tqdm import tqdm
-
     tqdm.write(message, file=sys.stderr)
+
+
+@dataclass
+class BatchPlan:
+    """The fixed cut of a job list into UNet batches, and what each batch needs from the bank cache.
+
+    Jobs are grouped by exemplar (first-appearance order) so each exemplar's banks are built once,
+    then cut into batches of ``batch_size``. A batch with anything left to draw is drawn whole (its
+    finished members are not rewritten): a resumed run computes exactly the batches of an
+    uninterrupted one, so its images are the same bytes (float results can depend on the batch's
+    size and make-up). Exemplars are inverted in fixed chunks of ``batch_size`` (first-appearance
+    order), each chunk in one batched call, for the same reason.
+    """
+
+    batches: list[list[Job]]
+    todo: set[str]  # output names not there yet
+    last_use: dict[str, int]  # exemplar -> the last batch with something to draw that reads it
+    chunk_members: dict[str, list[str]]  # exemplar -> the exemplars inverted in the same call
+    representative: dict[str, Job]  # exemplar -> its first job (whose inputs invert it for its chunk)
+
+    @classmethod
+    def of(cls, jobs: Sequence[Job], writer: ResultWriter, batch_size: int) -> "BatchPlan":
+        first_seen: dict[str, int] = {}
+        for i, job in enumerate(jobs):
+            first_seen.setdefault(job.exemplar, i)
+        ordered = sorted(jobs, key=lambda j: first_seen[j.exemplar])
+        size = max(1, int(batch_size))
+        batches = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+        todo = {job.name for job in ordered if not writer.has_result(job.name)}
+        last_use: dict[str, int] = {}
+        for b, batch in enumerate(batches):
+            if any(job.name in todo for job in batch):
+                for job in batch:
+                    last_use[job.exemplar] = b
+        exemplar_order = list(dict.fromkeys(job.exemplar for job in ordered))
+        chunk_of = {e: i // size for i, e in enumerate(exemplar_order)}
+        chunk_members = {e: [o for o in exemplar_order if chunk_of[o] == chunk_of[e]] for e in exemplar_order}
+        representative: dict[str, Job] = {}
+        for job in ordered:
+            representative.setdefault(job.exemplar, job)
+        return cls(batches, todo, last_use, chunk_members, representative)
+
+
+class PairGenerator:
+    """One :func:`generate_pairs` run: the plan, the cache of exemplar banks, and the report so far.
+
+    The report is an attribute so that a Ctrl-C anywhere leaves it consistent with the files written.
+    """
+
+    def __init__(self, pipe, jobs: Sequence[Job], writer: ResultWriter, *, attention: AttentionSettings,
+                 steps: int, guidance_scale: float, seed: int, batch_size: int,
+                 warn: Callable[[str], None] | None = None, class_name: Callable[[int], str] | None = None):
+        self.pipe, self.writer, self.attention = pipe, writer, attention
+        self.steps, self.guidance_scale, self.seed = steps, guidance_scale, seed
+        self.jobs = dedupe(jobs)
+        self.warn = warn or _default_warn
+        if class_name is None:
+            names = writer.metadata.class_names if writer.metadata is not None else ()
+            class_name = (lambda c: names[c] if 0 <= c < len(names) else f"#{c}")
+        self.class_name = class_name
+        self.ignore_index = int(getattr(pipe, "ignore_index",
+                                        writer.metadata.ignore_index if writer.metadata else 255))
+        self.start = time.perf_counter()
+        self.report = GenerationReport(settings={
+            "mode": attention.mode, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+            "appearance_strength": attention.appearance_strength,
+        })
+        self.records: dict[str, dict] = {}  # output name -> its summary entry
+        self.plan = BatchPlan.of(self.jobs, writer, batch_size)
+        self.banks: dict[tuple, ExemplarBanks] = {}  # Job.bank_key -> that exemplar's banks
+        self.calls_before = getattr(pipe, "unet_calls", 0)
+
+    def run(self, progress: bool = True) -> GenerationReport:
+        plan, writer = self.plan, self.writer
+        bar = tqdm(total=len(self.jobs), initial=len(self.jobs) - len(plan.todo), desc="generate", unit="pair",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        try:
+            for b, batch in enumerate(plan.batches):
+                loaded = [(job, job.load()) for job in batch]
+                for job, inputs in loaded:
+                    if job.name in plan.todo:
+                        continue
+                    if not writer.done(job.name):  # only the triplet is missing: no need to redraw
+                        writer.complete(job.name, inputs)
+                    self.report.skipped.append(job.name)
+                    self.record(job, inputs, "skipped")
+                if any(job.name in plan.todo for job in batch):
+                    for (job, inputs), image in zip(loaded, self.draw(loaded, b)):
+                        if job.name in plan.todo:
+                            writer.write(job.name, image, inputs)
+                            self.report.written.append(job.name)
+                            self.record(job, inputs, "written")
+                            bar.update(1)
+                for exemplar in [e for e, last in plan.last_use.items() if last == b]:
+                    self.forget(exemplar)
+        except KeyboardInterrupt as exc:
+            self.report.interrupted = True
+            exc.report = self.finish()  # type: ignore[attr-defined]
+            raise
+        finally:
+            bar.close()
+        return self.finish()
+
+    def record(self, job: Job, inputs: JobInputs, status: str) -> None:
+        """The job's summary entry; a drawn pair whose target has classes its exemplar lacks also warns."""
+        writer = self.writer
+        missing = (uncovered_classes(inputs.target_labels, inputs.exemplar_labels, self.ignore_index)
+                   if self.attention.reads_exemplar else [])
+        entry = {"output": writer.result_path(job.name).name, **job.info, "exemplar_key": job.exemplar,
+                 "target_key": job.target, "seed": self.seed, "mode": self.attention.mode,
+                 "uncovered_classes": [self.class_name(int(c)) for c in missing], "status": status}
+        for key in ("exemplar_key", "target_key"):  # only when they add something to the info fields
+            if entry[key] in (entry.get("exemplar"), entry.get("target_labels")):
+                del entry[key]
+        if writer.triplets:
+            entry["triplet"] = f"{TRIPLETS_DIR}/{writer.result_path(job.name).name}"
+        self.records[job.name] = entry
+        if status == "written" and missing:
+            message = (f"warning: target {job.target} has class(es) {', '.join(entry['uncovered_classes'])} "
+                       f"that exemplar {job.exemplar} lacks: {PRIOR_NOTE}")
+            self.report.warnings.append(message)
+            self.warn(message)
+
+    def forget(self, exemplar: str) -> None:
+        """Drop every cached bank of ``exemplar`` (nothing left to draw reads it)."""
+        for key in [k for k in self.banks if k[0] == exemplar]:
+            del self.banks[key]
+
+    def build(self, members: list[tuple[Job, JobInputs]]) -> None:
+        """Invert ``members``' exemplars in one batched call and cache each one's banks."""
+        images = torch.stack([inputs.exemplar_image for _, inputs in members])
+        labels = torch.stack([inputs.exemplar_labels for _, inputs in members])
+        match = None
+        if any(inputs.exemplar_match is not None for _, inputs in members):
+            match = torch.stack([inputs.exemplar_labels if inputs.exemplar_match is None else inputs.exemplar_match
+                                 for _, inputs in members])
+        banks = self.pipe.build_banks(images, labels, self.steps, seed=self.seed, match_labels=match)
+        self.report.unet_calls += banks.unet_calls
+        for j, (job, inputs) in enumerate(members):
+            self.banks[job.bank_key(inputs)] = slice_banks(banks, j)
+
+    def ensure_banks(self, job: Job, inputs: JobInputs, b: int) -> tuple:
+        """The cache key of ``job``'s banks, building its exemplar's chunk first if needed (in batch ``b``)."""
+        key = job.bank_key(inputs)
+        if key in self.banks:
+            return key
+        plan = self.plan
+        chunk = plan.chunk_members[job.exemplar]
+        members = [(job, inputs) if e == job.exemplar else (plan.representative[e], plan.representative[e].load())
+                   for e in chunk]
+        self.build(members)
+        for e in chunk:  # exemplars of the chunk with nothing left to draw
+            if plan.last_use.get(e, -1) < b:
+                self.forget(e)
+        if key not in self.banks:  # this job links other regions of its exemplar than the chunk's representative
+            self.build([(job, inputs)])
+        return key
+
+    def draw(self, batch: list[tuple[Job, JobInputs]], b: int) -> torch.Tensor:
+        """Every member of batch ``b`` in one pipeline call: uint8 (N, 3, H, W)."""
+        banks = index = None
+        if self.attention.reads_exemplar:
+            keys = [self.ensure_banks(job, inputs, b) for job, inputs in batch]
+            unique = list(dict.fromkeys(keys))
+            banks = concat_banks([self.banks[k] for k in unique])
+            index = torch.tensor([unique.index(k) for k in keys])
+        targets = torch.stack([inputs.target_labels for _, inputs in batch])
+        match = None
+        if any(inputs.target_match is not None for _, inputs in batch):
+            match = torch.stack([inputs.target_labels if inputs.target_match is None else inputs.target_match
+                                 for _, inputs in batch])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UncoveredClassWarning)  # reported per pair, with file names
+            images = self.pipe(targets, banks, index, attention=self.attention, guidance_scale=self.guidance_scale,
+                               seed=[self.seed] * len(batch), steps=self.steps, target_match_labels=match)
+        return to_uint8(images)
+
+    def finish(self) -> GenerationReport:
+        report = self.report
+        report.records = [self.records[job.name] for job in self.jobs if job.name in self.records]
+        report.seconds = time.perf_counter() - self.start
+        report.unet_calls += getattr(self.pipe, "unet_calls", self.calls_before) - self.calls_before
+        return report
 
 
 def generate_pairs(
@@ -270,11 +443,10 @@ def generate_pairs(
     jobs: Sequence[Job],
     writer: ResultWriter,
     *,
-    mode: str = "adapter",
+    attention: AttentionSettings = AttentionSettings(),
     steps: int = 20,
     guidance_scale: float = 3.0,
     seed: int = 0,
-    appearance_strength: float = 1.0,
     batch_size: int = 8,
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
@@ -282,155 +454,11 @@ def generate_pairs(
 ) -> GenerationReport:
     """Draw every job whose output is not there yet and write it; returns what happened.
 
+    ``attention``: how every pair reads its exemplar (mode, block groups, appearance strength).
     Warns (``warn``, default: stderr) once per drawn pair whose target has classes its exemplar
     lacks. On Ctrl-C the files written so far stay complete and the exception carries the partial
     report as ``.report``.
     """
-    from tqdm import tqdm
-
-    from amlight.pipeline.synthesis import uncovered_classes
-    from amlight.visualize import to_uint8
-
-    from amlight.apps.inputs import dedupe
-
-    jobs = dedupe(jobs)
-    warn = warn or _default_warn
-    if class_name is None:
-        names = writer.metadata.class_names if writer.metadata is not None else ()
-        class_name = (lambda c: names[c] if 0 <= c < len(names) else f"#{c}")
-    ignore_index = int(getattr(pipe, "ignore_index", writer.metadata.ignore_index if writer.metadata else 255))
-    use_banks = mode != "structure_only"
-    start = time.perf_counter()
-    report = GenerationReport(settings={"mode": mode, "steps": steps, "guidance_scale": guidance_scale,
-                                        "seed": seed, "appearance_strength": appearance_strength})
-    records: dict[str, dict] = {}
-
-    def record(job: Job, inputs: JobInputs, status: str) -> None:
-        missing = uncovered_classes(inputs.target_labels, inputs.exemplar_labels, ignore_index) if use_banks else []
-        entry = {"output": writer.result_path(job.name).name, **job.info, "exemplar_key": job.exemplar,
-                 "target_key": job.target, "seed": seed, "mode": mode,
-                 "uncovered_classes": [class_name(int(c)) for c in missing], "status": status}
-        for key in ("exemplar_key", "target_key"):  # only when they add something to the info fields
-            if entry[key] in (entry.get("exemplar"), entry.get("target_labels")):
-                del entry[key]
-        if writer.triplets:
-            entry["triplet"] = f"{TRIPLETS_DIR}/{writer.result_path(job.name).name}"
-        records[job.name] = entry
-        if status == "written" and missing:
-            message = (f"warning: target {job.target} has class(es) {', '.join(entry['uncovered_classes'])} that exemplar "
-                       f"{job.exemplar} lacks: {PRIOR_NOTE}")
-            report.warnings.append(message)
-            warn(message)
-
-    # Group by exemplar (first-appearance order) so each exemplar's banks are built once, then cut the
-    # list into fixed batches. A batch with anything left to draw is drawn whole (its finished members
-    # are not rewritten): a resumed run computes exactly the batches of an uninterrupted one, so its
-    # images are the same bytes (float results can depend on the batch's size and make-up).
-    first_seen: dict[str, int] = {}
-    for i, job in enumerate(jobs):
-        first_seen.setdefault(job.exemplar, i)
-    ordered = sorted(jobs, key=lambda j: first_seen[j.exemplar])
-    size = max(1, int(batch_size))
-    batches = [ordered[i:i + size] for i in range(0, len(ordered), size)]
-    todo = {job.name for job in ordered if not writer.has_result(job.name)}
-    last_use: dict[str, int] = {}
-    for b, batch in enumerate(batches):
-        if any(job.name in todo for job in batch):
-            for job in batch:
-                last_use[job.exemplar] = b
-
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate", unit="pair",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    cache: dict[tuple, object] = {}
-    calls_before = getattr(pipe, "unet_calls", 0)
-
-    # Exemplars are inverted in fixed chunks of ``batch_size`` (first-appearance order), each chunk in
-    # one batched call, again so that a resumed run computes exactly what an uninterrupted one did.
-    exemplar_order = list(dict.fromkeys(job.exemplar for job in ordered))
-    chunk_of = {e: i // size for i, e in enumerate(exemplar_order)}
-    representative: dict[str, Job] = {}
-    for job in ordered:
-        representative.setdefault(job.exemplar, job)
-
-    def build(members: list[tuple[Job, JobInputs]]) -> None:
-        images = torch.stack([inputs.exemplar_image for _, inputs in members])
-        labels = torch.stack([inputs.exemplar_labels for _, inputs in members])
-        match = None
-        if any(inputs.exemplar_match is not None for _, inputs in members):
-            match = torch.stack([inputs.exemplar_labels if inputs.exemplar_match is None else inputs.exemplar_match
-                                 for _, inputs in members])
-        banks = pipe.build_banks(images, labels, steps, seed=seed, match_labels=match)
-        report.unet_calls += banks.unet_calls
-        for j, (job, inputs) in enumerate(members):
-            cache[job.bank_key(inputs)] = slice_banks(banks, j)
-
-    def ensure_banks(job: Job, inputs: JobInputs, b: int) -> tuple:
-        key = job.bank_key(inputs)
-        if key in cache:
-            return key
-        chunk = [e for e in exemplar_order if chunk_of[e] == chunk_of[job.exemplar]]
-        members = [(job, inputs) if e == job.exemplar else (representative[e], representative[e].load())
-                   for e in chunk]
-        build(members)
-        for e in chunk:  # exemplars of the chunk with nothing left to draw
-            if last_use.get(e, -1) < b:
-                for k in [k for k in cache if k[0] == e]:
-                    del cache[k]
-        if key not in cache:  # this job links other regions of its exemplar than the chunk's representative
-            build([(job, inputs)])
-        return key
-
-    def draw(batch: list[tuple[Job, JobInputs]], b: int) -> torch.Tensor:
-        banks = index = None
-        if use_banks:
-            keys = [ensure_banks(job, inputs, b) for job, inputs in batch]
-            unique = list(dict.fromkeys(keys))
-            banks = concat_banks([cache[k] for k in unique])
-            index = torch.tensor([unique.index(k) for k in keys])
-        targets = torch.stack([inputs.target_labels for _, inputs in batch])
-        match = None
-        if any(inputs.target_match is not None for _, inputs in batch):
-            match = torch.stack([inputs.target_labels if inputs.target_match is None else inputs.target_match
-                                 for _, inputs in batch])
-        from amlight.pipeline.synthesis import UncoveredClassWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UncoveredClassWarning)  # reported per pair, with file names
-            images = pipe(targets, banks, index, mode=mode, guidance_scale=guidance_scale, seed=[seed] * len(batch),
-                          steps=steps, appearance_strength=appearance_strength, target_match_labels=match)
-        return to_uint8(images)
-
-    try:
-        for b, batch in enumerate(batches):
-            loaded = [(job, job.load()) for job in batch]
-            for job, inputs in loaded:
-                if job.name in todo:
-                    continue
-                if not writer.done(job.name):  # only the triplet is missing: no need to redraw
-                    writer.complete(job.name, inputs)
-                report.skipped.append(job.name)
-                record(job, inputs, "skipped")
-            if any(job.name in todo for job in batch):
-                for (job, inputs), image in zip(loaded, draw(loaded, b)):
-                    if job.name in todo:
-                        writer.write(job.name, image, inputs)
-                        report.written.append(job.name)
-                        record(job, inputs, "written")
-                        bar.update(1)
-            for exemplar in [e for e, last in last_use.items() if last == b]:
-                for key in [k for k in cache if k[0] == exemplar]:
-                    del cache[key]
-    except KeyboardInterrupt as exc:
-        report.interrupted = True
-        exc.report = _finish(report, jobs, records, start, pipe, calls_before)  # type: ignore[attr-defined]
-        raise
-    finally:
-        bar.close()
-    return _finish(report, jobs, records, start, pipe, calls_before)
-
-
-def _finish(report: GenerationReport, jobs, records: dict, start: float, pipe, calls_before: int) -> GenerationReport:
-    report.records = [records[job.name] for job in jobs if job.name in records]
-    report.seconds = time.perf_counter() - start
-    report.unet_calls += getattr(pipe, "unet_calls", calls_before) - calls_before
-    return report
+    generator = PairGenerator(pipe, jobs, writer, attention=attention, steps=steps, guidance_scale=guidance_scale,
+                              seed=seed, batch_size=batch_size, warn=warn, class_name=class_name)
+    return generator.run(progress)

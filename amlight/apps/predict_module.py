@@ -33,9 +33,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from amlight.modules.attention_modes import check_mode
 from amlight.apps.inputs import Job, JobInputs, output_stem
 from amlight.apps.outputs import GenerationReport, ResultWriter, generate_pairs, prepare_out_dir
+from amlight.cpu_threads import default_threads
+from amlight.modules.attention_modes import AttentionSettings
+from amlight.pipeline.synthesis import AMPipeline
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -77,8 +79,9 @@ class SynthesisModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_mode(mode)
-        if mode == "adapter" and adapter is None:
+        # The hparams stay loose values (the YAML config's keys); the run reads this one object.
+        self.attention = AttentionSettings(mode, appearance_strength=appearance_strength)
+        if self.attention.uses_adapter and adapter is None:
             raise ValueError("mode 'adapter' needs adapter: (a stage-2 checkpoint or exported adapter); "
                              "without one use mode: augmented")
         if dtype not in _DTYPES:
@@ -98,8 +101,6 @@ class SynthesisModule(L.LightningModule):
         self._report = GenerationReport()
 
     def _pipeline(self, device=None):
-        from amlight.pipeline.synthesis import AMPipeline
-
         hp = self.hparams
         return AMPipeline.from_checkpoints(hp.stage1_checkpoint, hp.adapter, device=device,
                                            dtype=_DTYPES[hp.dtype] if hp.dtype != "fp32" or device else None)
@@ -113,8 +114,6 @@ class SynthesisModule(L.LightningModule):
                 previous = (ResultWriter(self.hparams.out_dir).previous_summary() or {}).get("settings") or {}
                 threads = previous.get("threads") if isinstance(previous.get("threads"), int) else None
             if threads is None:
-                from amlight.cpu_threads import default_threads
-
                 local_ranks = max(1, int(getattr(self.trainer, "num_devices", 1) or 1))
                 threads = max(1, default_threads()[0] // local_ranks)
             torch.set_num_threads(int(threads))
@@ -130,7 +129,7 @@ class SynthesisModule(L.LightningModule):
 
     def jobs(self, batch: dict) -> list[Job]:
         """One job per row of a DataModule batch (see :func:`jobs_from_batch`)."""
-        return jobs_from_batch(batch, self.hparams.mode)
+        return jobs_from_batch(batch, self.attention)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         hp = self.hparams
@@ -140,9 +139,9 @@ class SynthesisModule(L.LightningModule):
             print(f"[rank {rank}] {message}" if self.trainer.world_size > 1 else message, file=sys.stderr)
 
         report = generate_pairs(
-            self.pipe, self.jobs(batch), self.writer, mode=hp.mode, steps=hp.steps, guidance_scale=hp.guidance_scale,
-            seed=hp.seed, appearance_strength=hp.appearance_strength,
-            batch_size=hp.batch_size or len(batch["labels"]), progress=False, warn=warn,
+            self.pipe, self.jobs(batch), self.writer, attention=self.attention, steps=hp.steps,
+            guidance_scale=hp.guidance_scale, seed=hp.seed, batch_size=hp.batch_size or len(batch["labels"]),
+            progress=False, warn=warn,
         )
         self._records += report.records
         self._report.written += report.written
@@ -174,9 +173,10 @@ class SynthesisModule(L.LightningModule):
             return
         hp = self.hparams
         report.settings = {"stage1": str(Path(hp.stage1_checkpoint).resolve()),
-                           "adapter": str(Path(hp.adapter).resolve()) if hp.adapter and hp.mode == "adapter" else None,
-                           "mode": hp.mode, "steps": hp.steps, "guidance_scale": hp.guidance_scale, "seed": hp.seed,
-                           "appearance_strength": hp.appearance_strength, "dtype": hp.dtype,
+                           "adapter": (str(Path(hp.adapter).resolve())
+                                       if hp.adapter and self.attention.uses_adapter else None),
+                           "mode": self.attention.mode, "steps": hp.steps, "guidance_scale": hp.guidance_scale,
+                           "seed": hp.seed, "appearance_strength": hp.appearance_strength, "dtype": hp.dtype,
                            "devices": self.trainer.world_size, "threads": self._threads}
         self.writer.write_summary({"command": "predict", **dict(hp)}, report, records=records)
         self.writer.write_grid()
@@ -187,7 +187,7 @@ class SynthesisModule(L.LightningModule):
         return None
 
 
-def jobs_from_batch(batch: dict, mode: str = "adapter") -> list[Job]:
+def jobs_from_batch(batch: dict, attention: AttentionSettings = AttentionSettings()) -> list[Job]:
     """Jobs for the rows of a DataModule batch (``exemplar_image``, ``exemplar_labels``, ``labels``,
     ``image``/``has_ground_truth``, and the names ``exemplar_name``/``target_name``/``exemplar_path``/``target_path``
     of the predict dataset; without names, the row's ``name``)."""
@@ -204,7 +204,7 @@ def jobs_from_batch(batch: dict, mode: str = "adapter") -> list[Job]:
             target_labels=batch["labels"][i], target_image=batch["image"][i] if has_gt and "image" in batch else None,
         )
         info = {"exemplar": exemplar_path, "target_labels": target_path}
-        jobs.append(Job(output_stem(exemplar_name, target_name, mode), exemplar_path, target_path,
+        jobs.append(Job(output_stem(exemplar_name, target_name, attention), exemplar_path, target_path,
                         (lambda inputs=inputs: inputs), info))
     return jobs
 

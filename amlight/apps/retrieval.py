@@ -42,6 +42,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from amlight.atomic_write import atomic_write
+
 INDEX_FORMAT = "amlight-label-index"
 INDEX_VERSION = 1
 DEFAULT_GRID = 4
@@ -479,8 +481,6 @@ class LabelIndex:
 
     def save(self, path: str | Path) -> Path:
         """Write the index to ``path`` (a ``.npz``; written atomically, no pickle)."""
-        from amlight.atomic_write import atomic_write
-
         meta = {
             "format": INDEX_FORMAT,
             "version": INDEX_VERSION,

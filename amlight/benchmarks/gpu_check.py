@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from amlight.backbone.sd15_standin import SD15_TEXT_CONFIG
+from amlight.modules.exemplar_context import ExemplarRead
 
 NUM_CLASSES = 19  # Cityscapes / BDD100K train classes, as the shipped SD 1.5 configs
 GUIDANCE_CHANNELS = 64  # configs/sd15/*/stage1.yaml
@@ -139,7 +140,7 @@ def _generate_once(backbone, model, adapter, device, size, mode, batch, steps, a
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # uncovered classes: random labels, expected
-        return pipe.generate(ex, ex_labels, targets, steps=steps, mode=mode, guidance_scale=3.0)
+        return pipe.generate(ex, ex_labels, targets, steps=steps, attention=mode, guidance_scale=3.0)
 
 
 def generate_section(parts, device, size, steps, budget: Budget, progress, tiny: bool = False) -> list[dict]:
@@ -354,9 +355,12 @@ def compile_section(parts, device, size, tiny: bool, budget: Budget, progress, r
     prompt = backbone.prompt_batch(2).to(device, torch.bfloat16)
     unet = model.unet
 
+    # The generation branch without an exemplar: what is timed is the UNet itself.
+    plain = ExemplarRead(settings="structure_only")
+
     def forward():
         with torch.no_grad():
-            return model(latents, t, labels, prompt, attention="structure_only")
+            return model(latents, t, labels, prompt, plain)
 
     forward()
     eager = _timed(device, lambda: [forward() for _ in range(repeats)]) / repeats

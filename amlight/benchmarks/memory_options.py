@@ -63,7 +63,7 @@ def read_layer(case: Case, layer: dict = SD15_LAYER, chunk_override: int | None 
 
     from amlight.modules.adapter import AMAdapter
     from amlight.modules.exemplar_attention import ExemplarAttnProcessor
-    from amlight.modules.exemplar_context import ExemplarContext
+    from amlight.modules.exemplar_context import ExemplarContext, ExemplarRead
 
     dtype = getattr(torch, case.dtype)
     s, rows = layer, 2
@@ -81,13 +81,13 @@ def read_layer(case: Case, layer: dict = SD15_LAYER, chunk_override: int | None 
     hidden = torch.randn(rows, n, s["query_dim"], generator=g).to(dtype)
     bank = torch.randn(1, n, s["query_dim"], generator=g).to(dtype)
     chunk = case.chunk_for(chunk_override)
-    ctx = ExemplarContext(
-        mode="read", latent_size=(s["latent"], s["latent"]), features={processor.name: bank},
-        attention=case.attention, adapter=adapter, exemplar_keep=torch.tensor([False, True]),
+    target_labels = _labels(rows, s["image_size"], s["num_classes"], g)
+    read = ExemplarRead(
+        {processor.name: bank}, case.attention, adapter=adapter, exemplar_keep=torch.tensor([False, True]),
         exemplar_index=torch.zeros(rows, dtype=torch.long), query_chunk=chunk,
-        target_labels=_labels(rows, s["image_size"], s["num_classes"], g),
         exemplar_labels=_labels(1, s["image_size"], s["num_classes"], g),
     )
+    ctx = ExemplarContext(mode="read", latent_size=(s["latent"], s["latent"]), read=read, target_labels=target_labels)
     t0 = time.perf_counter()
     with torch.no_grad(), PeakRSS() as peak:
         out = processor(attn, hidden, exemplar_ctx=ctx)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from amlight.benchmarks.train_speed import QUICKSTART_ADAPTER, available_cores, default_threads
+from amlight.modules.exemplar_context import ExemplarRead
 
 EVALS_RATIO_GOAL = 0.5  # pipeline UNet evaluations per pair / reference's: at most
 SPEEDUP_GOAL = 2.0  # reference seconds per pair / pipeline's: at least
@@ -302,6 +303,7 @@ def reference_schedule(
     prompt2 = torch.cat([uncond, cond])
     keep = torch.tensor([False, True], device=device)
     ex_labels2 = torch.cat([ex_labels, ex_labels])
+    read = ExemplarRead(settings=mode, exemplar_labels=ex_labels2, exemplar_keep=keep, adapter=use_adapter)
     images = []
     for j in range(n):
         _sync(device)
@@ -319,10 +321,7 @@ def reference_schedule(
                 tt = torch.full((2,), int(t), device=device, dtype=torch.long)
                 # Appearance branch on both CFG halves: the inverted latent at this step, twice.
                 bank = model.write_bank(torch.cat([trajectory[i], trajectory[i]]), tt, ex_labels2, prompt2)
-                out = model(
-                    torch.cat([x, x]), tt, labels2, prompt2, bank=bank, exemplar_labels=ex_labels2,
-                    attention=mode, exemplar_keep=keep, adapter=use_adapter,
-                )
+                out = model(torch.cat([x, x]), tt, labels2, prompt2, read.at(bank))
                 out_uncond, out_cond = out.chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
                 x = scheduler.step(out.to(x.dtype), t, x).prev_sample
@@ -360,7 +359,7 @@ def pipeline_schedule(
         banks = pipe.build_banks(exemplar_image, exemplar_labels, steps=steps, seed=seed)
     index = torch.zeros(target_labels.shape[0], dtype=torch.long)
     with _timer(device, phases, "sample"):
-        images = pipe(target_labels, banks, exemplar_index=index, mode=mode, guidance_scale=guidance_scale, seed=seed,
+        images = pipe(target_labels, banks, exemplar_index=index, attention=mode, guidance_scale=guidance_scale, seed=seed,
                       batch_size=batch_size)
     counters = {"bank_calls": banks.unet_calls, "bank_rows": banks.unet_rows,
                 "sample_calls": pipe.unet_calls, "sample_rows": pipe.unet_rows}

@@ -287,7 +287,7 @@ def probe_amlight_layer() -> dict[str, Any]:
 
     from amlight.modules.adapter import AMAdapter
     from amlight.modules.exemplar_attention import ExemplarAttnProcessor
-    from amlight.modules.exemplar_context import ExemplarContext
+    from amlight.modules.exemplar_context import ExemplarContext, ExemplarRead
 
     s = SD15_LAYER
     g = torch.Generator().manual_seed(0)
@@ -300,12 +300,10 @@ def probe_amlight_layer() -> dict[str, Any]:
     # calls, so the layer's input needs a gradient; the bank comes from a no-grad appearance pass.
     hidden = torch.randn(s["batch"], n, s["query_dim"], generator=g).requires_grad_(True)
     bank = torch.randn(s["batch"], n, s["query_dim"], generator=g)
-    ctx = ExemplarContext(
-        mode="read", latent_size=(s["latent"], s["latent"]), features={processor.name: bank},
-        attention="adapter", adapter=adapter,
-        target_labels=_labels(s["batch"], s["image_size"], s["num_classes"], g),
-        exemplar_labels=_labels(s["batch"], s["image_size"], s["num_classes"], g),
-    )
+    target_labels = _labels(s["batch"], s["image_size"], s["num_classes"], g)
+    read = ExemplarRead({processor.name: bank}, "adapter", adapter=adapter,
+                        exemplar_labels=_labels(s["batch"], s["image_size"], s["num_classes"], g))
+    ctx = ExemplarContext(mode="read", latent_size=(s["latent"], s["latent"]), read=read, target_labels=target_labels)
     upstream = torch.randn(s["batch"], n, s["query_dim"], generator=g)
     t0 = time.perf_counter()
     with PeakRSS() as peak:

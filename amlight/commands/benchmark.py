@@ -18,6 +18,9 @@ from pathlib import Path
 from amlight.commands import parse_or_exit_code, int_at_least
 
 DEFAULT_OUT = "runs/benchmarks/train.json"
+# amlight.modules.attention_modes.BANK_MODES, alphabetical: the parser cannot import it (the package
+# loads torch; `--help` must not, tests/test_startup.py); tests/test_generate_cli.py keeps them equal.
+BANK_MODES = ("adapter", "augmented", "hard_mask")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="targets per batched UNet call of the pipeline (default: all --targets in one call)")
     pipeline.add_argument("--repeats", type=_positive, default=1,
                           help="timed runs of each schedule, alternating order; the median counts (default: %(default)s)")
-    pipeline.add_argument("--mode", choices=["adapter", "augmented", "hard_mask"], default="adapter",
+    pipeline.add_argument("--mode", choices=BANK_MODES, default="adapter",
                           help="attention mode of both schedules (default: %(default)s, with a fresh zero-init adapter)")
     pipeline.add_argument("--guidance-scale", type=float, default=3.0, help="CFG scale, not 1 (default: %(default)s)")
     pipeline.add_argument("--resolution", type=_positive, default=None,

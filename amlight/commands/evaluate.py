@@ -143,14 +143,18 @@ def prepare(args):
         parse_blocks,
         parse_sweep,
     )
+    from amlight.modules.attention_modes import ATTENTION_MODES, AttentionSettings
+
+    def uses_adapter(mode: str) -> bool:  # unknown names are left to Settings, which lists the modes
+        return mode in ATTENTION_MODES and AttentionSettings(mode).uses_adapter
 
     modes = _split_list(args.modes) if args.modes else None
-    if modes is not None and "adapter" in modes and not args.adapter:
-        others = ",".join(m for m in modes if m != "adapter") or "augmented"
+    if modes is not None and any(map(uses_adapter, modes)) and not args.adapter:
+        others = ",".join(m for m in modes if not uses_adapter(m)) or "augmented"
         raise _Error(f"mode adapter needs --adapter FILE (a stage-2 checkpoint or exported adapter); without one "
                      f"drop it from --modes, e.g. --modes {others}")
-    if modes is None:
-        modes = ["structure_only", "augmented", "hard_mask"] + (["adapter"] if args.adapter else [])
+    if modes is None:  # every mode; without an adapter file, those that need none
+        modes = [m for m in ATTENTION_MODES if args.adapter or not uses_adapter(m)]
     try:
         seeds = [int(s) for s in _split_list(args.seeds)]
     except ValueError:
@@ -159,8 +163,8 @@ def prepare(args):
                         strength=args.strength, blocks=parse_blocks(args.blocks), max_resolution=args.max_resolution,
                         batch_size=args.batch_size)
     sweeps = [parse_sweep(text) for text in args.sweep]
-    if (args.max_resolution is not None or any(p == "max_resolution" for p, _ in sweeps)) \
-            and "adapter" not in settings.modes:
+    draws_adapter = any(a.uses_adapter for a in settings.attentions.values())
+    if (args.max_resolution is not None or any(p == "max_resolution" for p, _ in sweeps)) and not draws_adapter:
         raise _Error("max_resolution is the adapter's 4D pooling size: it needs the adapter mode (--adapter FILE)")
     for param, values in sweeps:
         for value in values:
@@ -172,7 +176,7 @@ def prepare(args):
     _check_out(out)
     source = build_dataset(args.data, args.root, args.split)
     pairs_file = _pairs_file(args, source)
-    model = load_model(args.stage1, args.adapter if "adapter" in settings.modes else None, args.device, args.dtype)
+    model = load_model(args.stage1, args.adapter if draws_adapter else None, args.device, args.dtype)
     pipe = model.pipe
     if source.metadata.num_classes != pipe.num_classes:
         raise _Error(f"dataset {args.data!r} has {source.metadata.num_classes} classes but the stage-1 model was "

@@ -40,6 +40,9 @@ from pathlib import Path
 from amlight.commands import parse_or_exit_code, int_at_least, non_negative_float
 
 PROG = "amlight generate"
+# amlight.modules.attention_modes.ATTENTION_MODES, alphabetical (adapter first): the parser cannot import
+# it, as the package amlight.modules loads torch and `--help` must not (tests/test_startup.py); a test
+# in tests/test_generate_cli.py keeps the two equal.
 MODES = ("adapter", "augmented", "hard_mask", "structure_only")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -119,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 # --- checks that need no file ---------------------------------------------------------------------
 
 
-def check_arguments(args: argparse.Namespace) -> str:
+def attention_settings(args: argparse.Namespace):
+    """The one :class:`~amlight.modules.attention_modes.AttentionSettings` of the run, from --mode/--strength."""
+    from amlight.modules.attention_modes import AttentionSettings
+
+    return AttentionSettings(args.mode, appearance_strength=args.strength)
+
+
+def check_arguments(args: argparse.Namespace, attention) -> str:
     """Which input form the arguments use ('exemplars', 'pairs', 'retrieve'); GenerateError if inconsistent."""
     given = [name for name, value in (("--exemplar", args.exemplar), ("--pairs", args.pairs),
                                       ("--retrieve", args.retrieve)) if value]
@@ -130,7 +140,7 @@ def check_arguments(args: argparse.Namespace) -> str:
                             "or --pairs pairs.json, or --target-labels LBL --retrieve DATASET")
     if args.exemplar_labels and not args.exemplar:
         raise GenerateError("--exemplar-labels needs --exemplar (the images they belong to)")
-    if args.mode == "adapter" and not args.adapter:
+    if attention.uses_adapter and not args.adapter:
         raise GenerateError("--mode adapter needs --adapter (a stage-2 checkpoint or exported adapter); "
                             "without one use --mode augmented (augmented self-attention, no adapter)")
     if args.target_images and not args.target_labels:
@@ -154,7 +164,7 @@ def check_arguments(args: argparse.Namespace) -> str:
             raise GenerateError("--retrieve needs --target-labels (the label maps to find exemplars for)")
         if args.link:
             raise GenerateError("--link needs known exemplars: use --exemplar, not --retrieve")
-    if args.link and args.mode in ("augmented", "structure_only"):
+    if args.link and not attention.needs_labels:
         raise GenerateError(f"--link works through the categorical cost, which --mode {args.mode} does not use: "
                             "pick --mode adapter or hard_mask")
     if args.top_k != 1 and kind != "retrieve":
@@ -171,6 +181,7 @@ class Plan:
     space: object
     jobs: list
     writer: object
+    attention: object  # AttentionSettings
     settings: dict
     created_out: list
     notes: list
@@ -247,7 +258,7 @@ def _size(args, pipe) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def prepare(args: argparse.Namespace, kind: str) -> Plan:
+def prepare(args: argparse.Namespace, kind: str, attention) -> Plan:
     """Everything that can fail on bad input, in order of cost; nothing is drawn or written yet."""
     from amlight.apps import inputs as I
     from amlight.apps.outputs import ResultWriter, prepare_out_dir, remove_if_empty
@@ -273,10 +284,10 @@ def prepare(args: argparse.Namespace, kind: str) -> Plan:
         size = _size(args, pipe)
         cache = I.InputCache(space, size)
         if kind == "pairs":
-            jobs = I.pairs_from_file(args.pairs, cache, paints=paints, links=links, mode=args.mode)
+            jobs = I.pairs_from_file(args.pairs, cache, paints=paints, links=links, attention=attention)
         elif kind == "exemplars":
             jobs = I.all_pairs(args.exemplar, args.exemplar_labels, args.target_labels or [], cache,
-                               target_images=args.target_images, paints=paints, links=links, mode=args.mode)
+                               target_images=args.target_images, paints=paints, links=links, attention=attention)
         else:
             try:
                 from amlight.apps.retrieval import LabelIndex
@@ -287,7 +298,7 @@ def prepare(args: argparse.Namespace, kind: str) -> Plan:
                                     f"the label files' dataset {space.num_classes}")
             index = LabelIndex.from_source(retrieve_source, progress=not args.quiet)
             jobs = I.retrieved_pairs(args.target_labels, index, cache, args.top_k, target_images=args.target_images,
-                                     paints=paints, mode=args.mode)
+                                     paints=paints, attention=attention)
         I.check_jobs(jobs)
         notes += cache.aspect_warnings
     except BaseException:
@@ -295,13 +306,14 @@ def prepare(args: argparse.Namespace, kind: str) -> Plan:
         raise
     settings = {
         "stage1": str(Path(args.stage1).resolve()),
-        "adapter": str(Path(args.adapter).resolve()) if args.adapter and args.mode == "adapter" else None,
-        "mode": args.mode, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
-        "appearance_strength": args.strength, "size": list(size), "dtype": args.dtype, "threads": args.threads,
+        "adapter": str(Path(args.adapter).resolve()) if args.adapter and attention.uses_adapter else None,
+        "mode": attention.mode, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
+        "appearance_strength": attention.appearance_strength, "size": list(size), "dtype": args.dtype,
+        "threads": args.threads,
         "paint": [p.describe(space) for p in paints], "link": [str(link) for link in links],
     }
     writer = ResultWriter(args.out, overwrite=args.overwrite, triplets=args.triplets, metadata=space.metadata)
-    return Plan(pipe, space, jobs, writer, settings, created, notes)
+    return Plan(pipe, space, jobs, writer, attention, settings, created, notes)
 
 
 def _changed_settings(previous: dict | None, settings: dict) -> list[str]:
@@ -327,8 +339,8 @@ def execute(plan: Plan, args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         report = generate_pairs(
-            plan.pipe, plan.jobs, plan.writer, mode=args.mode, steps=args.steps, guidance_scale=args.guidance_scale,
-            seed=args.seed, appearance_strength=args.strength, batch_size=args.batch_size, progress=not args.quiet,
+            plan.pipe, plan.jobs, plan.writer, attention=plan.attention, steps=args.steps,
+            guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
             class_name=plan.space.class_name,
         )
     except KeyboardInterrupt as exc:
@@ -386,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     try:
-        kind = check_arguments(args)
-        plan = prepare(args, kind)
+        attention = attention_settings(args)
+        kind = check_arguments(args, attention)
+        plan = prepare(args, kind, attention)
     except GenerateError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_ERROR

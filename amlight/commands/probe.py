@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
     from amlight.apps.attention_probe import probe_attention
     from amlight.checkpoints.adapter_files import load_adapter
     from amlight.checkpoints.files import CheckpointError, read_checkpoint
+    from amlight.modules.attention_modes import BANK_MODES, AttentionSettings
 
     try:
         adapter = None
@@ -44,7 +45,14 @@ def main(argv: list[str]) -> int:
     except CheckpointError as e:
         print(f"probe: {e}", file=sys.stderr)
         return 1
-    modes = args.modes or (["augmented", "hard_mask"] + (["adapter"] if adapter is not None else []))
+    try:  # one AttentionSettings per probed mode, built here; by default the modes that read the exemplar
+        attentions = [AttentionSettings(m) for m in args.modes or BANK_MODES]
+    except ValueError as e:
+        print(f"probe: {e}", file=sys.stderr)
+        return 1
+    if not args.modes:
+        attentions = [a for a in attentions if not a.uses_adapter or adapter is not None]
+    modes = [a.mode for a in attentions]
     try:
         data = ExemplarPairDataModule(
             dataset=args.dataset, root=args.root, resolution=args.resolution, max_val_samples=args.pairs, val_batch_size=8
@@ -59,8 +67,9 @@ def main(argv: list[str]) -> int:
     count = 0
     for batch in data.val_dataloader():
         for t in args.timesteps:
-            for mode in modes:
-                result = probe_attention(stage1.model, stage1.backbone, batch, mode, adapter=adapter, timestep=t)
+            for attention in attentions:
+                mode = attention.mode
+                result = probe_attention(stage1.model, stage1.backbone, batch, attention, adapter=adapter, timestep=t)
                 sums[mode]["same_class_mass"] += result.same_class_mass()
                 sums[mode]["exemplar_share"] += result.exemplar_share()
             count += 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amlight.data.datasets.folder import SplitNotFoundError
+from amlight.data.datasets.folder import FLAT_SPLIT, SplitNotFoundError
 from amlight.data.holdout import DEFAULT_VAL_HOLDOUT, holdout_count, train_batches
 from amlight.data.io import DataFileError
 from amlight.data.registry import (
@@ -231,7 +231,6 @@ def fit_notes(counts: dict[str, int], batch_size: int = 8, train_split: str = "t
               val_holdout: float = DEFAULT_VAL_HOLDOUT, drop_last: bool = True) -> list[str]:
     """What ExemplarPairDataModule will make of these split sizes, as lines for the user (same arithmetic:
     :mod:`amlight.data.holdout`)."""
-    from amlight.data.datasets.folder import FLAT_SPLIT
 
     notes: list[str] = []
     flag = "--data.init_args."

@@ -8,10 +8,12 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
+from amlight.data.datasets.folder import SplitNotFoundError
 from amlight.data.holdout import DEFAULT_VAL_HOLDOUT, split_off_holdout, train_batches
 from amlight.data.io import DataFileError
 from amlight.data.pairing import PairDataset, Pairing, read_pairs_file
 from amlight.data.registry import DatasetMetadata, build_dataset, get_dataset_entry
+from amlight.data.synthetic import ensure_synthetic_dataset, read_manifest
 
 
 class ExemplarPairDataModule(L.LightningDataModule):
@@ -76,7 +78,6 @@ class ExemplarPairDataModule(L.LightningDataModule):
     @property
     def metadata(self) -> DatasetMetadata:
         if self._metadata is None:  # the folder format keeps its classes in the folder
-            from amlight.data.io import DataFileError
 
             hp = self.hparams
             splits = list(dict.fromkeys([hp.train_split, hp.val_split, hp.predict_split]))
@@ -99,7 +100,6 @@ class ExemplarPairDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.entry.name == "synthetic":
-            from amlight.data.synthetic import ensure_synthetic_dataset, read_manifest
 
             params = self.hparams.synthetic
             if params is None and read_manifest(self.root) is not None:
@@ -120,7 +120,6 @@ class ExemplarPairDataModule(L.LightningDataModule):
     def _val_source(self):
         """The val split's scenes; without a val split, a held-out slice of train (train keeps the rest)."""
         if self._val_src is None:
-            from amlight.data.datasets.folder import SplitNotFoundError
 
             hp = self.hparams
             if hp.val_split == hp.train_split:

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from amlight.data import synthetic as syn
+from amlight.data.datasets.cityscapes import LABEL_ID_TO_TRAIN_ID
 
 FIXTURE_VERSION = 2  # 2: pairs name the dataset's own label files (no train-id copies)
 MARKER = "amlight_fixture.json"
@@ -47,7 +48,6 @@ def _lut(values: dict[int, int]) -> np.ndarray:
 
 
 def _train_id_lut() -> np.ndarray:
-    from amlight.data.datasets.cityscapes import LABEL_ID_TO_TRAIN_ID
 
     return _lut({cls: LABEL_ID_TO_TRAIN_ID[label_id] for cls, label_id in _LABEL_IDS.items()})
 

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from amlight.data.io import check_pair, load_image, load_labels
 from amlight.data.registry import SceneSource
 
 Pairing = Literal["self", "random", "listed"]
@@ -120,7 +121,6 @@ class PairDataset(Dataset):
         return _to_model_range(img), lab.as_subclass(torch.Tensor)
 
     def _listed(self, index: int) -> dict:
-        from amlight.data.io import check_pair, load_image, load_labels
 
         pair = self.pairs[index]
         # The source's own decoding (label format, id map: Cityscapes labelIds -> train ids), not just

@@ -29,18 +29,32 @@ import json
 import re
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
-from amlight.modules.attention_modes import ATTENTION_MODES, BLOCK_GROUPS
+from amlight.atomic_write import atomic_write
+from amlight.checkpoints.stage1 import file_sha256, load_stage1
+from amlight.data.pairing import PairDataset, read_pairs_file
+from amlight.metrics import (
+    ClipImageSimilarity,
+    FIDMetric,
+    SegmentationMIoU,
+    SelfSimilarityDistance,
+    class_color_error,
+    ground_truth_scores,
+)
+from amlight.metrics.images import images_from_uint8, images_to_uint8
+from amlight.metrics.report import json_number, summarize
+from amlight.modules.attention_modes import ATTENTION_MODES, BLOCK_GROUPS, AttentionSettings
+from amlight.pipeline.synthesis import AMPipeline, UncoveredClassWarning
 
 CACHE_VERSION = 1
-BANK_MODES = ("augmented", "hard_mask", "adapter")
 SWEEP_PARAMS = ("guidance_scale", "steps", "max_resolution", "blocks", "strength")
 GROUND_TRUTH = ("psnr", "ssim", "delta_e", "label_miou")
 PAPER_METRICS = ("self_sim", "clip", "fid", "seg_miou")
@@ -94,12 +108,23 @@ class Settings:
         object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
         object.__setattr__(self, "strength", float(self.strength))
         object.__setattr__(self, "batch_size", int(self.batch_size))
+        try:
+            self.attentions  # built (and checked) once, here
+        except ValueError as e:
+            raise EvaluationError(str(e)) from None
 
     def with_value(self, param: str, value) -> "Settings":
         """These settings with one sweep parameter changed."""
         if param not in SWEEP_PARAMS:
             raise EvaluationError(f"unknown sweep parameter {param!r}; choose from {', '.join(SWEEP_PARAMS)}")
         return replace(self, **{param: value})
+
+    @cached_property
+    def attentions(self) -> dict[str, AttentionSettings]:
+        """``{mode: AttentionSettings}`` for every drawn mode, built once from the loose fields (which
+        stay, as the record's keys); a sweep's :meth:`with_value` makes new Settings, hence new ones.
+        ``max_resolution`` None keeps the adapter's trained pooling size."""
+        return {mode: AttentionSettings(mode, self.blocks, self.strength, self.max_resolution) for mode in self.modes}
 
 
 def parse_blocks(value) -> tuple[str, ...]:
@@ -204,8 +229,6 @@ def pair_key(index: int, exemplar: Path, target_labels: Path, digest: str) -> st
 def load_pairs(pairs_file: str | Path, source, size: tuple[int, int], max_pairs: int | None = None) -> PairSet:
     """The first ``max_pairs`` pairs of ``pairs_file`` (all when None), read with ``source``'s classes and
     resized to ``size`` exactly as validation does (:class:`amlight.data.pairing.PairDataset`, no augmentation)."""
-    from amlight.data.pairing import PairDataset, read_pairs_file
-
     pairs = read_pairs_file(pairs_file)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
@@ -255,9 +278,6 @@ class Model:
 
 def load_model(stage1: str | Path, adapter: str | Path | None = None, device: str | None = None,
                dtype: str = "fp32") -> Model:
-    from amlight.checkpoints.stage1 import file_sha256, load_stage1
-    from amlight.pipeline.synthesis import AMPipeline
-
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if dtype not in dtypes:
         raise EvaluationError(f"unknown dtype {dtype!r}; choose from {', '.join(dtypes)}")
@@ -278,6 +298,7 @@ def load_model(stage1: str | Path, adapter: str | Path | None = None, device: st
 
 def cache_config(mode: str, settings: Settings, model: Model) -> dict:
     """Everything that changes ``mode``'s images under ``settings``, and nothing that does not."""
+    attention = settings.attentions[mode]
     pipe = model.pipe
     config = {
         "cache_version": CACHE_VERSION,
@@ -287,14 +308,14 @@ def cache_config(mode: str, settings: Settings, model: Model) -> dict:
         "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
     }
-    if mode in BANK_MODES:
-        config["strength"] = settings.strength
+    if attention.reads_exemplar:
+        config["strength"] = attention.appearance_strength
         config["blocks"] = list(settings.blocks)
         if pipe.backbone.vae is not None:
             # A VAE samples its posterior with one generator per bank batch: an exemplar's latent
             # depends on its position in the chunk, hence on the chunk size.
             config["bank_batch_size"] = settings.batch_size
-    if mode == "adapter":
+    if attention.uses_adapter:
         config["adapter_sha256"] = model.adapter_sha256
         config["max_resolution"] = effective_max_resolution(settings, model)
     return config
@@ -312,31 +333,11 @@ def image_path(cache: Path, key: str, mode: str, pair: str, seed: int) -> Path:
     return Path(cache) / key / mode / f"{pair}_s{seed}.png"
 
 
-@contextmanager
-def adapter_max_resolution(adapter, value: int | None):
-    """Set the adapter's 4D pooling size for the duration (it is read at each forward, nothing caches it)."""
-    if adapter is None or value is None:
-        yield
-        return
-    previous = adapter.max_resolution
-    adapter.max_resolution = int(value)
-    try:
-        yield
-    finally:
-        adapter.max_resolution = previous
-
-
 def write_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    from amlight.atomic_write import atomic_write
-
     atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
 
@@ -355,11 +356,9 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
 
     ``progress``: a tqdm-like object (``update(n)``, ``set_postfix_str(s)``) or None.
     """
-    from amlight.metrics.images import images_to_uint8
-    from amlight.pipeline.synthesis import UncoveredClassWarning
-
     pipe = model.pipe
-    if "adapter" in settings.modes and pipe.adapter is None:
+    attentions = settings.attentions
+    if any(a.uses_adapter for a in attentions.values()) and pipe.adapter is None:
         raise EvaluationError("mode adapter needs an adapter: pass --adapter FILE, or drop adapter from --modes")
     cache = Path(cache)
     keys = {}
@@ -368,15 +367,13 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
         keys[mode] = key = config_key(config)
         record = cache / key / "config.json"
         if not record.is_file():
-            from amlight.atomic_write import atomic_write
-
             atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     report = GenerationReport()
     start = time.perf_counter()
     n, size = len(pairs), settings.batch_size
     chunks = (n + size - 1) // size
-    with adapter_max_resolution(pipe.adapter, effective_max_resolution(settings, model) if "adapter" in settings.modes else None), \
-            warnings.catch_warnings(record=True) as caught:
+    # The adapter's pooling size travels in each mode's AttentionSettings (the pipeline sets it per call).
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UncoveredClassWarning)
         for c, begin in enumerate(range(0, n, size)):
             rows = list(range(begin, min(begin + size, n)))
@@ -388,12 +385,12 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
             if progress is not None and reused:
                 progress.update(reused)
             banks, index = None, None
-            for mode in settings.modes:
+            for mode, attention in attentions.items():
                 for seed in settings.seeds:
                     missing = todo[(mode, seed)]
                     if not missing:
                         continue
-                    if mode in BANK_MODES and banks is None:
+                    if attention.reads_exemplar and banks is None:
                         if progress is not None:
                             progress.set_postfix_str(f"chunk {c + 1}/{chunks}: inverting exemplars")
                         banks, index = _chunk_banks(pipe, pairs, rows, settings.steps)
@@ -404,14 +401,12 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
                     local = picked - begin
                     images = pipe(
                         pairs.target_labels[picked],
-                        banks if mode in BANK_MODES else None,
-                        exemplar_index=index[local] if mode in BANK_MODES else None,
-                        mode=mode,
+                        banks if attention.reads_exemplar else None,
+                        exemplar_index=index[local] if attention.reads_exemplar else None,
+                        attention=attention,
                         guidance_scale=settings.guidance_scale,
                         seed=seed,
-                        groups=settings.blocks,
-                        steps=None if mode in BANK_MODES else settings.steps,
-                        appearance_strength=settings.strength,
+                        steps=None if attention.reads_exemplar else settings.steps,
                     )
                     for i, image in zip(missing, images_to_uint8(images.float())):
                         write_png(image_path(cache, keys[mode], mode, pairs.keys[i], seed), image)
@@ -455,8 +450,6 @@ class MetricModels:
     @classmethod
     def load(cls, dino=None, clip=None, inception=None, segmenter=None, num_classes=None, ignore_index=255,
              device=None, batch_size=16) -> "MetricModels":
-        from amlight.metrics import ClipImageSimilarity, FIDMetric, SegmentationMIoU, SelfSimilarityDistance
-
         return cls(
             self_sim=SelfSimilarityDistance(dino, device=device, batch_size=batch_size) if dino else None,
             clip=ClipImageSimilarity(clip, device=device, batch_size=batch_size) if clip else None,
@@ -476,8 +469,6 @@ def metric_names(pairs: PairSet, models: MetricModels | None) -> list[str]:
 
 
 def read_images(cache: Path, key: str, mode: str, pairs: PairSet, seed: int) -> torch.Tensor:
-    from amlight.metrics.images import images_from_uint8
-
     return images_from_uint8([read_png(image_path(cache, key, mode, k, seed)) for k in pairs.keys])
 
 
@@ -488,9 +479,6 @@ def score(pairs: PairSet, settings: Settings, keys: dict, cache: Path, num_class
     A summary is {"mean", "ci95", "n", "direction", "per_pair"}: per-pair values (mean over seeds,
     None where undefined) in pair order; FID is one number over all images (per_pair None).
     """
-    from amlight.metrics import class_color_error, ground_truth_scores
-    from amlight.metrics.report import json_number, summarize
-
     names = metric_names(pairs, models)
     with_gt = torch.from_numpy(pairs.has_ground_truth)
     gt_idx = np.flatnonzero(pairs.has_ground_truth)

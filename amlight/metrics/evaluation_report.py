@@ -16,6 +16,7 @@ import torch
 
 from amlight.atomic_write import atomic_write
 from amlight.metrics.report import METRIC_INFO
+from amlight.visualize import column_grid, save_png
 
 SWEEPS_JSON, SWEEPS_MD = "sweeps.json", "sweeps.md"
 # Digits per metric: enough to see differences between modes, not more.
@@ -172,8 +173,6 @@ def _title_strip(titles: Sequence[str], cell: int, pad: int, height: int = 16) -
 def grid_image(columns: Sequence[torch.Tensor], titles: Sequence[str], min_cell: int = 96, pad: int = 2) -> np.ndarray:
     """Columns of uint8 (R, 3, h, w) images -> (H, W, 3) uint8 with a title row; cells upscaled
     (nearest, an integer factor) to at least ``min_cell`` pixels."""
-    from amlight.visualize import column_grid
-
     h, w = columns[0].shape[-2:]
     factor = max(1, math.ceil(min_cell / max(1, min(h, w))))
     scaled = [c.repeat_interleave(factor, -2).repeat_interleave(factor, -1) for c in columns]
@@ -183,8 +182,6 @@ def grid_image(columns: Sequence[torch.Tensor], titles: Sequence[str], min_cell:
 
 
 def write_grid(path: str | Path, columns: Sequence[torch.Tensor], titles: Sequence[str], min_cell: int = 96) -> Path:
-    from amlight.visualize import save_png
-
     return save_png(grid_image(columns, titles, min_cell), path)
 
 

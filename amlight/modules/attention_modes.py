@@ -85,6 +85,11 @@ class AttentionSettings:
         return self.mode == "adapter"
 
     @property
+    def masks_other_classes(self) -> bool:
+        """Whether exemplar positions of another class are masked out of the attention (``hard_mask``)."""
+        return self.mode == "hard_mask"
+
+    @property
     def needs_labels(self) -> bool:
         """Whether the categorical cost (target and exemplar label maps) is part of this mode."""
         return self.mode in LABEL_MODES

@@ -51,7 +51,8 @@ class ExemplarAttnProcessor:
             )
         batch, n, _ = hidden_states.shape
         # One bank row per exemplar; ``index`` says which one each batch row reads (None: row b reads row b).
-        bank, index = ctx.features[self.name], ctx.exemplar_index
+        read = ctx.read
+        bank, index = ctx.features[self.name], read.exemplar_index
         if (bank.shape[0] if index is None else index.shape[0]) != batch or bank.shape[1] != n:
             raise ValueError(
                 f"{self.name}: exemplar bank has shape {tuple(bank.shape)} but the target tokens are "
@@ -67,7 +68,7 @@ class ExemplarAttnProcessor:
 
         size = ctx.size_of(n)
         # A recorder reports every row's exemplar attention, so it keeps the whole batch on one path.
-        rows = None if ctx.recorder is not None else ctx.row_split(batch, hidden_states.device)
+        rows = None if read.recorder is not None else ctx.row_split(batch, hidden_states.device)
         if rows is None:
             mask = ctx.cross_mask(size, batch, hidden_states.device)
             out = self._attend(attn, q, k, v, bank, index, size, mask, lambda: ctx.cost(size), ctx)
@@ -78,7 +79,7 @@ class ExemplarAttnProcessor:
             out = F.scaled_dot_product_attention(q[p], k[p], v[p], scale=attn.scale)
             if rows.read.numel():
                 r = rows.read
-                mask = ctx.cost(size, r) if ctx.attention == "hard_mask" else None
+                mask = ctx.cost(size, r) if ctx.settings.masks_other_classes else None
                 bank_r, index_r = (bank[r], None) if index is None else (bank, index[r])
                 read = self._attend(attn, q[r], k[r], v[r], bank_r, index_r, size, mask, lambda: ctx.cost(size, r), ctx)
                 out = torch.cat([read, out])[rows.order]
@@ -99,17 +100,17 @@ class ExemplarAttnProcessor:
             kx = attn.norm_k(kx)
         if index is not None:
             kx, vx = kx[index], vx[index]
-        explicit = (ctx.attention == "adapter" and ctx.adapter is not None) or ctx.recorder is not None
-        if not explicit:
+        read = ctx.read
+        if not (read.explicit_adapter or read.recorder is not None):
             return self._sdpa(q, k, v, kx, vx, attn.scale, mask, ctx)
-        if ctx.checkpoint_attention and torch.is_grad_enabled():
+        if read.checkpoint_attention and torch.is_grad_enabled():
             return checkpoint(self._explicit, q, k, v, kx, vx, attn.scale, mask, size, cost, ctx, use_reentrant=False)
         return self._explicit(q, k, v, kx, vx, attn.scale, mask, size, cost, ctx)
 
     def _sdpa(self, q, k, v, kx, vx, scale, mask, ctx: ExemplarContext) -> torch.Tensor:
         batch, n = q.shape[0], q.shape[2]
         bias = ctx.strength_bias
-        chunk = ctx.query_chunk or n
+        chunk = ctx.read.query_chunk or n
         keys, values = torch.cat([k, kx], dim=2), torch.cat([v, vx], dim=2)
         outs = []
         for start in range(0, n, chunk):
@@ -135,16 +136,17 @@ class ExemplarAttnProcessor:
         # ``cost()`` gives the categorical cost of these rows (built only when the adapter needs it).
         logits_self = torch.matmul(q, k.transpose(-1, -2)) * scale
         logits_cross = torch.matmul(q, kx.transpose(-1, -2)) * scale
-        if ctx.attention == "adapter" and ctx.adapter is not None:
-            logits_cross = _refined(ctx.adapter, self.group, logits_cross, cost(), size)
+        read = ctx.read
+        if read.explicit_adapter:
+            logits_cross = _refined(read.adapter, self.group, logits_cross, cost(), size)
         if ctx.strength_bias != 0.0:
             logits_cross = logits_cross + ctx.strength_bias
         if mask is not None:
             logits_cross = logits_cross.masked_fill(~mask[:, None], float("-inf"))
         probs = torch.softmax(torch.cat([logits_self, logits_cross], dim=-1).float(), dim=-1).to(q.dtype)
         n = logits_self.shape[-1]
-        if ctx.recorder is not None:
-            ctx.recorder(self.name, probs[..., n:].detach(), size, ctx)
+        if read.recorder is not None:
+            read.recorder(self.name, probs[..., n:].detach(), size, ctx)
         return torch.matmul(probs[..., :n], v) + torch.matmul(probs[..., n:], vx)
 
 

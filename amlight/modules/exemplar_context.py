@@ -2,7 +2,8 @@
 
 The appearance branch runs the UNet with a context in ``write`` mode: every self-attention layer
 stores its normalised input tokens (what attention projects to keys and values) in ``features``,
-the bank. The generation branch runs with a context in ``read`` mode over that bank.
+the bank. The generation branch runs with a context in ``read`` mode over that bank, built by
+``ExemplarUNet.forward`` from the caller's :class:`ExemplarRead` (what to read and how).
 
 The context reaches the attention processors through the UNet's documented ``cross_attention_kwargs``
 argument, not through attributes set on the processors: it travels with the call, so gradient
@@ -10,13 +11,14 @@ checkpointing (which re-runs blocks during backward, after the call returned) se
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
 
-from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups, check_mode
+from amlight.modules.attention_modes import AttentionSettings
 from amlight.modules.categorical_cost import categorical_cost
 
 CONTEXT_KWARG = "exemplar_ctx"
@@ -32,46 +34,79 @@ class RowSplit:
     order: torch.Tensor
 
 
-@dataclass
-class ExemplarContext:
-    mode: Literal["write", "read"]
-    latent_size: tuple[int, int]
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-    attention: str = "augmented"
-    groups: frozenset[str] = frozenset(BLOCK_GROUPS)
-    target_labels: torch.Tensor | None = None  # (B, H, W) at image resolution
+@dataclass(frozen=True, eq=False)
+class ExemplarRead:
+    """What the generation branch reads and how: built by the caller, handed to ``ExemplarUNet.forward``.
+
+    Everything here is fixed for a whole sampling run or training step except the bank, which a
+    sampler swaps per step with :meth:`at`.
+    """
+
+    # layer -> (Bx, tokens, channels), from ExemplarUNet.write_bank. Empty in the template a sampler
+    # fills per step.
+    bank: dict[str, torch.Tensor] = field(default_factory=dict)
+    # How to read it: mode, block groups, appearance strength, the adapter's pooling size. A mode name
+    # means its defaults.
+    settings: AttentionSettings | str = "augmented"
     exemplar_labels: torch.Tensor | None = None  # (Bx, H, W)
     # Which bank row each target row reads (one exemplar serving many targets); None: row b reads row b.
     exemplar_index: torch.Tensor | None = None
     # Rows that read the exemplar at all; False rows get plain self-attention (CFG's unconditional
     # half, exemplar dropout in training). None: every row reads.
     exemplar_keep: torch.Tensor | None = None
-    ignore_index: int = 255
-    adapter: Callable | None = None  # adapter(group, logits, cost, size) -> logit refinement
+    # What the categorical cost compares with ``exemplar_labels`` when it differs from the structure
+    # labels (a one-to-one mapping gives linked regions a label of their own); None: the structure labels.
+    match_labels: torch.Tensor | None = None
+    adapter: Callable | None = None  # adapter(group, logits, cost, size) -> logit refinement; adapter mode only
     recorder: Callable | None = None  # recorder(layer, probs_cross, size, ctx) for attention maps
     # Recompute the explicit (adapter) attention in backward instead of keeping each layer's
     # (B, heads, N, 2N) probabilities for it: training then holds one layer's logits at a time.
     checkpoint_attention: bool = False
-    # Appearance strength s: every exemplar token's unnormalised attention weight is multiplied by s
-    # (a log(s) bias on the exemplar logits). 1 is the method as trained; 0 ignores the exemplar
-    # (plain self-attention); above 1 copies the exemplar more eagerly at the expense of structure.
-    appearance_strength: float = 1.0
     # Memory: compute the (mask-based) attention over target queries in chunks of this many tokens,
     # so a layer never holds more than chunk x 2N logits. The adapter needs whole logit volumes for
     # its 4D convolution, so adapter layers are not chunked.
     query_chunk: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "settings", AttentionSettings.of(self.settings))
+        if self.query_chunk is not None and self.query_chunk < 1:
+            raise ValueError(f"query_chunk must be a positive number of tokens, got {self.query_chunk}")
+
+    def at(self, bank: dict[str, torch.Tensor]) -> "ExemplarRead":
+        """The same read over another bank (a sampler's next step)."""
+        return dataclasses.replace(self, bank=bank)
+
+    @property
+    def explicit_adapter(self) -> bool:
+        """Whether the adapter refines the logits (adapter mode, with an adapter given)."""
+        return self.settings.uses_adapter and self.adapter is not None
+
+
+@dataclass
+class ExemplarContext:
+    """One UNet call's exemplar state: ``write`` fills ``features`` (the bank); ``read`` reads
+    ``read.bank`` as ``read`` says, for targets ``target_labels``. Holds the per-call caches."""
+
+    mode: Literal["write", "read"]
+    latent_size: tuple[int, int]
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    read: ExemplarRead | None = None
+    target_labels: torch.Tensor | None = None  # (B, H, W) at image resolution: what the cost compares
+    ignore_index: int = 255
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        check_mode(self.attention)
-        if not (self.appearance_strength >= 0 and math.isfinite(self.appearance_strength)):
-            raise ValueError(f"appearance_strength must be a finite number >= 0, got {self.appearance_strength}")
-        if self.query_chunk is not None and self.query_chunk < 1:
-            raise ValueError(f"query_chunk must be a positive number of tokens, got {self.query_chunk}")
-        self.groups = check_groups(self.groups)
-        if self.mode == "read" and self.attention in ("hard_mask", "adapter"):
-            if self.target_labels is None or self.exemplar_labels is None:
-                raise ValueError(f"attention mode {self.attention!r} needs target and exemplar label maps")
+        if self.mode != "read":
+            return
+        if self.read is None:
+            raise ValueError("a read context needs an ExemplarRead")
+        self.features = self.read.bank
+        if self.settings.needs_labels and (self.target_labels is None or self.read.exemplar_labels is None):
+            raise ValueError(f"attention mode {self.settings.mode!r} needs target and exemplar label maps")
+
+    @property
+    def settings(self) -> AttentionSettings:
+        return self.read.settings
 
     def size_of(self, num_tokens: int) -> tuple[int, int]:
         """Spatial size of a layer from its token count and the latent's aspect ratio."""
@@ -83,17 +118,20 @@ class ExemplarContext:
         return h, w
 
     def reads(self, layer: str, group: str) -> bool:
-        return (self.mode == "read" and group in self.groups and layer in self.features
-                and self.appearance_strength > 0)
+        return (self.mode == "read" and group in self.settings.groups and layer in self.features
+                and self.settings.appearance_strength > 0)
 
     @property
     def strength_bias(self) -> float:
-        """The logit bias that realises ``appearance_strength`` (0 for the trained behaviour)."""
-        return math.log(self.appearance_strength)
+        """The logit bias that realises the appearance strength s: every exemplar token's unnormalised
+        attention weight is multiplied by s. 1 (bias 0) is the method as trained; 0 ignores the
+        exemplar (plain self-attention); above 1 copies the exemplar more eagerly at the expense of
+        structure."""
+        return math.log(self.settings.appearance_strength)
 
     def _exemplar_labels_per_target(self) -> torch.Tensor:
-        labels = self.exemplar_labels
-        return labels if self.exemplar_index is None else labels[self.exemplar_index]
+        labels, index = self.read.exemplar_labels, self.read.exemplar_index
+        return labels if index is None else labels[index]
 
     def cost(self, size: tuple[int, int], rows: torch.Tensor | None = None) -> torch.Tensor:
         """Categorical cost at a layer's size, (B, h*w, h*w) bool; computed once per size and call.
@@ -119,8 +157,8 @@ class ExemplarContext:
         key = ("split", batch)
         if key not in self._cache:
             split = None
-            if self.exemplar_keep is not None:
-                keep = self.exemplar_keep.to(device=device, dtype=torch.bool).reshape(-1)
+            if self.read.exemplar_keep is not None:
+                keep = self.read.exemplar_keep.to(device=device, dtype=torch.bool).reshape(-1)
                 if keep.numel() != batch:
                     raise ValueError(f"exemplar_keep has {keep.numel()} entries for {batch} batch rows")
                 if not bool(keep.all()):
@@ -135,12 +173,12 @@ class ExemplarContext:
         if key in self._cache:
             return self._cache[key]
         mask = None
-        if self.attention == "hard_mask":
+        if self.settings.masks_other_classes:
             mask = self.cost(size)
         # Only when some row may not read: an all-True keep mask would just send every row through
         # the slower masked attention (stage 1, dropout 0.1, batch 8: 0.9^8 = 43 % of steps keep every row).
         if self.row_split(batch, device) is not None:
-            keep = self.exemplar_keep.to(device=device, dtype=torch.bool).view(batch, 1, 1)
+            keep = self.read.exemplar_keep.to(device=device, dtype=torch.bool).view(batch, 1, 1)
             n = size[0] * size[1]
             mask = keep.expand(batch, n, n) if mask is None else (mask & keep)
         self._cache[key] = mask

@@ -8,15 +8,14 @@ Both use the same stock diffusers UNet; behaviour changes through its attention 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 from diffusers import UNet2DConditionModel
 
-from amlight.modules.attention_modes import BLOCK_GROUPS, check_mode
 from amlight.modules.exemplar_attention import ExemplarAttnProcessor
-from amlight.modules.exemplar_context import CONTEXT_KWARG, ExemplarContext
+from amlight.modules.exemplar_context import CONTEXT_KWARG, ExemplarContext, ExemplarRead
 from amlight.modules.structure_guidance import StructureGuidance
 
 Bank = dict[str, torch.Tensor]
@@ -66,47 +65,36 @@ class ExemplarUNet(nn.Module):
         timesteps: torch.Tensor,
         labels: torch.Tensor,
         prompt_embeds: torch.Tensor,
-        bank: Bank | None = None,
-        exemplar_labels: torch.Tensor | None = None,
-        attention: str = "augmented",
-        groups: Iterable[str] = BLOCK_GROUPS,
-        exemplar_keep: torch.Tensor | None = None,
-        exemplar_index: torch.Tensor | None = None,
-        adapter: Callable | None = None,
-        recorder: Callable | None = None,
-        checkpoint_attention: bool = False,
-        match_labels: torch.Tensor | None = None,
-        appearance_strength: float = 1.0,
-        query_chunk: int | None = None,
+        read: ExemplarRead | None = None,
     ) -> torch.Tensor:
         """The generation branch: predicted noise for ``latents`` drawn as ``labels``.
 
-        ``attention="structure_only"`` or no bank: plain self-attention, the exemplar is not used.
-        ``match_labels``: the labels the categorical cost compares with ``exemplar_labels`` when they
-        differ from the structure labels (one-to-one mapping gives linked regions a label of their
-        own); defaults to ``labels``.
+        ``read``: the exemplar bank and how to read it. None, or a ``structure_only`` read: plain
+        self-attention, the exemplar is not used.
         """
-        check_mode(attention)
-        ctx = None
-        if attention != "structure_only" and bank is not None:
-            ctx = ExemplarContext(
-                mode="read",
-                latent_size=tuple(latents.shape[-2:]),
-                features=bank,
-                attention=attention,
-                groups=frozenset(groups),
-                target_labels=labels if match_labels is None else match_labels,
-                exemplar_labels=exemplar_labels,
-                exemplar_index=exemplar_index,
-                exemplar_keep=exemplar_keep,
-                ignore_index=self.ignore_index,
-                adapter=adapter,
-                recorder=recorder,
-                checkpoint_attention=checkpoint_attention,
-                appearance_strength=appearance_strength,
-                query_chunk=query_chunk,
-            )
-        return self._run(latents, timesteps, labels, prompt_embeds, ctx)
+        if read is None or not read.settings.reads_exemplar:
+            return self._run(latents, timesteps, labels, prompt_embeds, None)
+        ctx = ExemplarContext(
+            mode="read", latent_size=tuple(latents.shape[-2:]), read=read,
+            target_labels=labels if read.match_labels is None else read.match_labels, ignore_index=self.ignore_index,
+        )
+        with adapter_max_resolution(read.adapter if read.settings.uses_adapter else None, read.settings.max_resolution):
+            return self._run(latents, timesteps, labels, prompt_embeds, ctx)
+
+
+@contextmanager
+def adapter_max_resolution(adapter, value: int | None):
+    """The adapter's 4D pooling size set to ``value`` for the duration, its own value restored after
+    (the adapter reads it at each forward; nothing caches it). None or no adapter: nothing changes."""
+    if adapter is None or value is None:
+        yield
+        return
+    previous = adapter.max_resolution
+    adapter.max_resolution = int(value)
+    try:
+        yield
+    finally:
+        adapter.max_resolution = previous
 
 
 def _as_batch(timesteps, latents: torch.Tensor) -> torch.Tensor:

@@ -1,16 +1,103 @@
-"""A plain DDIM sampler for validation grids and quick looks (below both the stages and the pipeline).
+"""The one DDIM sampling loop (classifier-free guidance included), and the validation sampler on it.
 
-The exemplar branch reads a bank computed from the exemplar latent noised to each step's timestep
-with one fixed noise draw. The full inference pipeline (DDIM inversion of the exemplar, exemplar
-caches, batched CFG) builds on the same ExemplarUNet calls.
+Two callers share :func:`ddim_denoise` and differ only in where each step's exemplar bank comes from
+and whether guidance is batched:
+
+- AMPipeline (METHOD.md part 7): the bank of step i is the DDIM-inverted exemplar's bank at step i;
+  guidance is batched, one UNet call over [unconditional ; conditional] rows per step.
+- :func:`ddim_sample` (validation grids, quick looks during training): the bank is written from the
+  exemplar latent noised to the step's timestep with one fixed noise draw; guidance makes two calls,
+  as it always has, so validation images stay comparable across versions.
+
+Guidance is combined on the raw model output. Whatever the prediction type, epsilon (and x0) are
+affine in the output with coefficients that depend only on (x, t), which both halves share, and the
+guidance weights (1 - s, s) sum to one: combining outputs is exactly combining epsilons.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import torch
 
 from amlight.backbone import Backbone
-from amlight.modules.attention_modes import BLOCK_GROUPS
-from amlight.modules.exemplar_unet import ExemplarUNet
+from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionSettings
+from amlight.modules.exemplar_context import ExemplarRead
+from amlight.modules.exemplar_unet import Bank, ExemplarUNet
+
+# bank_at(i, t): the exemplar bank of sampling step i, at timestep t.
+BankSource = Callable[[int, torch.Tensor], Bank]
+
+
+def ddim_denoise(
+    model: ExemplarUNet,
+    scheduler,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    prompt: torch.Tensor,
+    negative_prompt: torch.Tensor | None = None,
+    *,
+    read: ExemplarRead | None = None,
+    bank_at: BankSource | None = None,
+    guidance_scale: float = 1.0,
+    batch_guidance: bool = True,
+    on_unet_call: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Latents ``x`` (B, C, h, w) denoised over ``scheduler.timesteps`` (set by the caller), drawn as ``labels``.
+
+    ``read``: how the conditional rows read the exemplar, its bank left out: step i reads
+    ``bank_at(i, t)``. None: no exemplar, plain self-attention.
+    ``guidance_scale`` != 1: classifier-free guidance away from the unconditional prediction
+    (``negative_prompt``, plain self-attention). ``batch_guidance``: both halves in one UNet call of 2B
+    rows (the unconditional rows' exemplar part masked off, which is exactly plain self-attention);
+    else two calls of B rows.
+    ``on_unet_call(rows)``: told the number of sample rows of every UNet call.
+    """
+    n = x.shape[0]
+    cfg = guidance_scale != 1.0
+    if cfg and negative_prompt is None:
+        raise ValueError("classifier-free guidance needs a negative prompt")
+    batched = cfg and batch_guidance
+    if batched:
+        prompt_rows, label_rows = torch.cat([negative_prompt, prompt]), torch.cat([labels, labels])
+        read_rows = None if read is None else _with_unconditional_rows(read, n, x.device)
+    else:
+        prompt_rows, label_rows, read_rows = prompt, labels, read
+
+    def unet(rows, t, labels, prompt, read=None):
+        tt = torch.full((rows.shape[0],), int(t), device=rows.device, dtype=torch.long)
+        out = model(rows, tt, labels, prompt, read=read)
+        if on_unet_call is not None:
+            on_unet_call(rows.shape[0])
+        return out
+
+    for i, t in enumerate(scheduler.timesteps):
+        step_read = None if read_rows is None else read_rows.at(bank_at(i, t))
+        if batched:
+            out_uncond, out = unet(torch.cat([x, x]), t, label_rows, prompt_rows, step_read).chunk(2)
+        else:
+            out = unet(x, t, label_rows, prompt_rows, step_read)
+            if cfg:
+                out_uncond = unet(x, t, labels, negative_prompt)
+        if cfg:
+            out = out_uncond + guidance_scale * (out - out_uncond)
+        x = scheduler.step(out.to(x.dtype), t, x).prev_sample
+    return x
+
+
+def _with_unconditional_rows(read: ExemplarRead, n: int, device) -> ExemplarRead:
+    """``read`` over [unconditional ; conditional] rows: the first n read nothing (exemplar_keep
+    False), the last n read as before. Unconditional rows still need a valid bank row to gather."""
+    keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(device)
+    if read.exemplar_keep is not None:
+        keep = keep & torch.cat([read.exemplar_keep, read.exemplar_keep]).to(device=device, dtype=torch.bool)
+    index = read.exemplar_index
+    index = torch.arange(n, device=device) if index is None else index
+    match = read.match_labels
+    return dataclasses.replace(
+        read, exemplar_keep=keep, exemplar_index=torch.cat([index, index]),
+        match_labels=None if match is None else torch.cat([match, match]),
+    )
 
 
 @torch.no_grad()
@@ -20,7 +107,7 @@ def ddim_sample(
     target_labels: torch.Tensor,
     exemplar_images: torch.Tensor | None = None,
     exemplar_labels: torch.Tensor | None = None,
-    attention: str = "augmented",
+    attention: AttentionSettings | str = "augmented",
     steps: int = 25,
     guidance_scale: float = 1.0,
     groups=BLOCK_GROUPS,
@@ -29,9 +116,13 @@ def ddim_sample(
 ) -> torch.Tensor:
     """Images in [-1, 1] (B, 3, H, W) drawing ``target_labels`` (B, H, W) in the exemplars' appearance.
 
-    ``guidance_scale`` > 1: classifier-free guidance where the unconditional prediction uses plain
-    self-attention (no exemplar) and the conditional one reads the exemplar.
+    Each step's bank is written from the exemplar latent noised to that step's timestep with one
+    fixed noise draw. ``guidance_scale`` > 1: classifier-free guidance where the unconditional
+    prediction uses plain self-attention (no exemplar) and the conditional one reads the exemplar;
+    without an exemplar there is nothing to guide away from, and none is applied.
+    ``attention``: settings, or a mode name read with ``groups``.
     """
+    settings = AttentionSettings.of(attention, groups)
     device = target_labels.device
     batch, (height, width) = target_labels.shape[0], target_labels.shape[-2:]
     f = backbone.latent_downsample
@@ -42,20 +133,20 @@ def ddim_sample(
     shape = (batch, backbone.latent_channels, height // f, width // f)
     x = torch.randn(shape, generator=generator).to(device, dtype)
     prompt = backbone.prompt_batch(batch).to(device, dtype)
-    use_exemplar = attention != "structure_only" and exemplar_images is not None
-    if use_exemplar:
+    read, bank_at = None, None
+    if settings.reads_exemplar and exemplar_images is not None:
         exemplar_latents = backbone.encode(exemplar_images.to(device, dtype))
         exemplar_noise = torch.randn(exemplar_latents.shape, generator=generator).to(device, dtype)
-    for t in scheduler.timesteps:
-        tt = t.to(device).expand(batch)
-        bank = None
-        if use_exemplar:
+
+        def bank_at(i: int, t: torch.Tensor) -> Bank:
+            tt = t.to(device).expand(batch)
             noisy_exemplar = scheduler.add_noise(exemplar_latents, exemplar_noise, tt)
-            bank = model.write_bank(noisy_exemplar, tt, exemplar_labels, prompt)
-        eps = model(x, tt, target_labels, prompt, bank=bank, exemplar_labels=exemplar_labels,
-                    attention=attention, groups=groups, adapter=adapter)
-        if use_exemplar and guidance_scale != 1.0:
-            eps_plain = model(x, tt, target_labels, backbone.prompt_batch(batch, negative=True).to(device, dtype))
-            eps = eps_plain + guidance_scale * (eps - eps_plain)
-        x = scheduler.step(eps, t, x).prev_sample
+            return model.write_bank(noisy_exemplar, tt, exemplar_labels, prompt)
+
+        read = ExemplarRead(settings=settings, exemplar_labels=exemplar_labels, adapter=adapter)
+    x = ddim_denoise(
+        model, scheduler, x, target_labels, prompt, backbone.prompt_batch(batch, negative=True).to(device, dtype),
+        read=read, bank_at=bank_at, guidance_scale=guidance_scale if read is not None else 1.0,
+        batch_guidance=False,
+    )
     return backbone.decode(x)

@@ -1,27 +1,27 @@
 """The inference pipeline of METHOD.md part 7: inverted exemplar banks + batched classifier-free guidance.
 
-Each denoising step is ONE UNet call over 2N rows [unconditional ; conditional]:
+Each denoising step is ONE UNet call over 2N rows [unconditional ; conditional] (the loop is
+amlight.pipeline.sampling's ``ddim_denoise``):
 - unconditional rows: empty prompt and ``exemplar_keep=False``, i.e. plain self-attention (the
   exemplar part of their logits is -inf, so the adapter's refinement there has no effect);
-- conditional rows: the fixed prompt, reading their exemplar's bank (``exemplar_index``) in ``mode``.
-
-Guidance is combined on the raw model output. Whatever the prediction type, epsilon (and x0) are
-affine in the output with coefficients that depend only on (x, t), which both halves share, and the
-guidance weights (1 - s, s) sum to one: combining outputs is exactly combining epsilons.
+- conditional rows: the fixed prompt, reading their exemplar's bank (``exemplar_index``) as ``attention`` says.
+Why combining raw outputs is exact guidance: see amlight.pipeline.sampling.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 
 from amlight.backbone import Backbone
 from amlight.checkpoints.adapter_files import load_adapter
 from amlight.checkpoints.stage1 import load_stage1
-from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups, check_mode
+from amlight.modules.attention_modes import AttentionSettings
+from amlight.modules.exemplar_context import ExemplarRead
 from amlight.pipeline.exemplar_banks import ExemplarBanks, build_exemplar_banks
+from amlight.pipeline.sampling import ddim_denoise
 
 
 class AMPipeline:
@@ -122,12 +122,10 @@ class AMPipeline:
         target_labels: torch.Tensor,
         banks: ExemplarBanks | None = None,
         exemplar_index: torch.Tensor | None = None,
-        mode: str = "adapter",
+        attention: AttentionSettings | str = "adapter",
         guidance_scale: float = 3.0,
         seed: int | Sequence[int] = 0,
-        groups: Iterable[str] = BLOCK_GROUPS,
         steps: int | None = None,
-        appearance_strength: float = 1.0,
         target_match_labels: torch.Tensor | None = None,
         batch_size: int | None = None,
     ) -> torch.Tensor:
@@ -138,16 +136,16 @@ class AMPipeline:
         or one seed per target. Either way a target's image does not depend on which other targets
         share its batch, so ``batch_size`` (targets per UNet call, None: all) only trades memory for
         speed, and a resumed run redraws exactly the images it skipped.
-        ``appearance_strength``: see :class:`~amlight.modules.exemplar_context.ExemplarContext`.
+        ``attention``: how the conditional rows read the exemplar (mode, block groups, appearance
+        strength, the adapter's pooling size for this call); a mode name means its defaults.
         ``target_match_labels``: what the categorical cost compares with the banks' labels (one-to-one
         mapping); defaults to ``target_labels``.
         """
-        check_mode(mode)
-        groups = check_groups(groups)
-        use_bank = mode != "structure_only"
+        settings = AttentionSettings.of(attention)
+        use_bank = settings.reads_exemplar
         if use_bank and banks is None:
-            raise ValueError(f"mode {mode!r} needs exemplar banks (build_exemplar_banks or generate)")
-        if mode == "adapter" and self.adapter is None:
+            raise ValueError(f"mode {settings.mode!r} needs exemplar banks (build_exemplar_banks or generate)")
+        if settings.uses_adapter and self.adapter is None:
             raise ValueError("mode 'adapter' needs an adapter: pass adapter_path / adapter, or pick 'augmented'")
         if target_labels.ndim != 3:
             raise ValueError(f"target_labels must be (N, H, W), got shape {tuple(target_labels.shape)}")
@@ -186,49 +184,34 @@ class AMPipeline:
             rows = slice(start, min(start + chunk, n))
             images.append(self._denoise(
                 scheduler, labels[rows], match[rows], seeds[rows], banks, None if index is None else index[rows],
-                mode, guidance_scale, groups, appearance_strength, latent_size,
+                settings, guidance_scale, latent_size,
             ))
         return torch.cat(images)
 
-    def _denoise(self, scheduler, labels, match, seeds, banks, index, mode, guidance_scale, groups,
-                 appearance_strength, latent_size) -> torch.Tensor:
+    def _denoise(self, scheduler, labels, match, seeds, banks, index, settings: AttentionSettings, guidance_scale,
+                 latent_size) -> torch.Tensor:
         device, dtype = self.device, self.dtype
         n = labels.shape[0]
-        use_bank = index is not None
         shape = (1, self.backbone.latent_channels, *latent_size)
         x = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device, dtype)
-        cond = self.backbone.prompt_batch(n).to(device, dtype)
-        cfg = guidance_scale != 1.0
-        if cfg:
-            uncond = self.backbone.prompt_batch(n, negative=True).to(device, dtype)
-            prompt = torch.cat([uncond, cond])
-            row_labels, row_match = torch.cat([labels, labels]), torch.cat([match, match])
-            keep = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(device)
-            # Unconditional rows still need a valid bank row to gather; their exemplar part is masked.
-            row_index = None if index is None else torch.cat([index, index])
-        else:
-            prompt, row_labels, row_match, keep, row_index = cond, labels, match, None, index
-        adapter = self.adapter if mode == "adapter" else None
-        exemplar_labels = banks.exemplar_labels.to(device) if use_bank else None
-
-        for i, t in enumerate(scheduler.timesteps):
-            rows = torch.cat([x, x]) if cfg else x
-            tt = torch.full((rows.shape[0],), int(t), device=device, dtype=torch.long)
-            if use_bank:
-                out = self.model(
-                    rows, tt, row_labels, prompt, bank=banks.banks[i], exemplar_labels=exemplar_labels,
-                    attention=mode, groups=groups, exemplar_keep=keep, exemplar_index=row_index, adapter=adapter,
-                    match_labels=row_match, appearance_strength=appearance_strength, query_chunk=self.attention_chunk,
-                )
-            else:
-                out = self.model(rows, tt, row_labels, prompt)
-            self.unet_calls += 1
-            self.unet_rows += rows.shape[0]
-            if cfg:
-                out_uncond, out_cond = out.chunk(2)
-                out = out_uncond + guidance_scale * (out_cond - out_uncond)
-            x = scheduler.step(out.to(x.dtype), t, x).prev_sample
+        read = None
+        if index is not None:
+            read = ExemplarRead(
+                settings=settings, exemplar_labels=banks.exemplar_labels.to(device), exemplar_index=index,
+                match_labels=match, adapter=self.adapter if settings.uses_adapter else None,
+                query_chunk=self.attention_chunk,
+            )
+        x = ddim_denoise(
+            self.model, scheduler, x, labels, self.backbone.prompt_batch(n).to(device, dtype),
+            self.backbone.prompt_batch(n, negative=True).to(device, dtype),
+            read=read, bank_at=lambda i, t: banks.banks[i], guidance_scale=guidance_scale, batch_guidance=True,
+            on_unet_call=self._count,
+        )
         return self.backbone.decode(x)
+
+    def _count(self, rows: int) -> None:
+        self.unet_calls += 1
+        self.unet_rows += rows
 
     def generate(
         self,
@@ -237,15 +220,16 @@ class AMPipeline:
         target_labels: torch.Tensor,
         exemplar_index: torch.Tensor | None = None,
         steps: int = 20,
-        mode: str = "adapter",
+        attention: AttentionSettings | str = "adapter",
         exemplar_match_labels: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Build the exemplars' banks once, then draw every target with them (kwargs: see __call__)."""
+        settings = AttentionSettings.of(attention)
         banks = None
-        if mode != "structure_only":
+        if settings.reads_exemplar:
             banks = self.build_banks(exemplar_images, exemplar_labels, steps, match_labels=exemplar_match_labels)
-        return self(target_labels, banks, exemplar_index, mode=mode, steps=steps, **kwargs)
+        return self(target_labels, banks, exemplar_index, attention=settings, steps=steps, **kwargs)
 
 
 class UncoveredClassWarning(UserWarning):

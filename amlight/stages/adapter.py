@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from amlight.checkpoints.adapter_files import check_stage1_match
 from amlight.checkpoints.stage1 import Stage1Model, load_stage1
 from amlight.modules.adapter import AMAdapter
-from amlight.modules.attention_modes import BLOCK_GROUPS, check_groups
+from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionSettings, check_groups
+from amlight.modules.exemplar_context import ExemplarRead
 from amlight.pipeline.sampling import ddim_sample
 from amlight.checkpoints.files import FORMAT_VERSION, plain
 from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
@@ -65,6 +66,10 @@ class AdapterStage(DenoisingStage):
             self.stage1.to(self.device)
         return self.stage1
 
+    def attention_settings(self, mode: str = "adapter") -> AttentionSettings:
+        """``mode`` read in the trained block groups (stage 2 trains adapter mode)."""
+        return AttentionSettings(mode, frozenset(self.hparams.attention_blocks))
+
     def probe_parts(self):
         s1 = self.frozen()
         return s1.model, s1.backbone, self.adapter
@@ -82,12 +87,9 @@ class AdapterStage(DenoisingStage):
         with torch.no_grad():  # the appearance branch is frozen and needs no graph
             bank = model.write_bank(self.train_scheduler.add_noise(ex_latents, ex_noise, t), t,
                                     batch["exemplar_labels"], prompt)
-        pred = model(
-            self.train_scheduler.add_noise(latents, noise, t), t, batch["labels"], prompt, bank=bank,
-            exemplar_labels=batch["exemplar_labels"], attention="adapter",
-            groups=self.hparams.attention_blocks, adapter=self.adapter,
-            checkpoint_attention=self.hparams.checkpoint_attention,
-        )
+        read = ExemplarRead(bank, self.attention_settings(), exemplar_labels=batch["exemplar_labels"],
+                            adapter=self.adapter, checkpoint_attention=self.hparams.checkpoint_attention)
+        pred = model(self.train_scheduler.add_noise(latents, noise, t), t, batch["labels"], prompt, read)
         target = bb.training_target(self.train_scheduler, latents, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
@@ -100,9 +102,9 @@ class AdapterStage(DenoisingStage):
             s1.model, s1.backbone, batch["labels"].to(self.device),
             exemplar_images=batch["exemplar_image"].to(self.device),
             exemplar_labels=batch["exemplar_labels"].to(self.device),
-            attention=attention, steps=steps or hp.sample_steps,
+            attention=self.attention_settings(attention), steps=steps or hp.sample_steps,
             guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale,
-            groups=hp.attention_blocks, seed=seed, adapter=self.adapter,
+            seed=seed, adapter=self.adapter,
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

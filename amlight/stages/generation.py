@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from amlight.backbone import Backbone, get_backbone
-from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, check_groups, check_mode
+from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionMode, AttentionSettings
+from amlight.modules.exemplar_context import ExemplarRead
 from amlight.modules.exemplar_unet import build_exemplar_unet
 from amlight.pipeline.sampling import ddim_sample
 from amlight.checkpoints.files import FORMAT_VERSION, plain
@@ -55,9 +56,7 @@ class GenerationStage(DenoisingStage):
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_mode(attention)
-        check_groups(attention_blocks)
-        if attention in ("adapter",):
+        if self.attention_settings.uses_adapter:
             raise ValueError("stage 1 trains without the adapter; use 'augmented' or 'hard_mask' (AdapterStage adds it)")
         self.backbone: Backbone = get_backbone(backbone, path=backbone_path, prompt=prompt, seed=seed, options=backbone_options)
         self.model = build_exemplar_unet(
@@ -88,8 +87,14 @@ class GenerationStage(DenoisingStage):
         return self.model, self.frozen(), None
 
     @property
+    def attention_settings(self) -> AttentionSettings:
+        """How the generation branch reads the exemplar, from the hyper-parameters (validated there)."""
+        hp = self.hparams
+        return AttentionSettings(hp.attention, frozenset(hp.attention_blocks))
+
+    @property
     def uses_exemplar(self) -> bool:
-        return self.hparams.attention != "structure_only"
+        return self.attention_settings.reads_exemplar
 
     def denoising_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         bb = self.frozen()
@@ -102,19 +107,19 @@ class GenerationStage(DenoisingStage):
         noise = randn_like(latents, generator)
         noisy = self.train_scheduler.add_noise(latents, noise, t)
         prompt = bb.prompt_batch(batch_size).to(latents)
-        bank, keep = None, None
+        read = None
         if self.uses_exemplar:
             ex_latents = bb.encode(batch["exemplar_image"])
             # The exemplar is noised to the same timestep as the target, with its own noise.
             ex_noisy = self.train_scheduler.add_noise(ex_latents, randn_like(ex_latents, generator), t)
             with torch.set_grad_enabled(hp.appearance_grad and torch.is_grad_enabled()):
                 bank = self.model.write_bank(ex_noisy, t, batch["exemplar_labels"], prompt)
+            keep = None
             if hp.exemplar_dropout > 0 and self.training:
                 keep = torch.rand(batch_size, device=self.device) >= hp.exemplar_dropout
-        pred = self.model(
-            noisy, t, batch["labels"], prompt, bank=bank, exemplar_labels=batch["exemplar_labels"],
-            attention=hp.attention, groups=hp.attention_blocks, exemplar_keep=keep,
-        )
+            read = ExemplarRead(bank, self.attention_settings, exemplar_labels=batch["exemplar_labels"],
+                                exemplar_keep=keep)
+        pred = self.model(noisy, t, batch["labels"], prompt, read)
         target = bb.training_target(self.train_scheduler, latents, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
@@ -123,14 +128,13 @@ class GenerationStage(DenoisingStage):
                  guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
         """Images in [-1, 1] for the batch's target labels in the batch's exemplars' appearance."""
         hp = self.hparams
+        settings = self.attention_settings if attention is None else self.attention_settings.replace(mode=attention)
         return ddim_sample(
             self.model, self.frozen(), batch["labels"].to(self.device),
             exemplar_images=batch["exemplar_image"].to(self.device),
             exemplar_labels=batch["exemplar_labels"].to(self.device),
-            attention=attention or (hp.attention if self.uses_exemplar else "structure_only"),
-            steps=steps or hp.sample_steps,
-            guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale,
-            groups=hp.attention_blocks, seed=seed,
+            attention=settings, steps=steps or hp.sample_steps,
+            guidance_scale=hp.sample_guidance_scale if guidance_scale is None else guidance_scale, seed=seed,
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
