@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         "plus which classes occur. Exit status 0: ok, 1: problems found, 2: usage error.",
     )
     check.add_argument("dataset", metavar="NAME_OR_DIR",
-                       help="registered dataset name (cityscapes, ade20k, ...) or a folder with classes.yaml")
+                       help="registered dataset name (cityscapes, cityscapes_coarse, bdd100k, ade20k, ...) or a "
+                       "folder with classes.yaml")
     check.add_argument("--root", metavar="DIR", help="where a named dataset lives")
     check.add_argument("--split", metavar="S", help="check only this split (default: every split found)")
     check.add_argument("--max-files", metavar="N", type=_positive_int,
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", metavar="N", type=_positive_int, default=8,
                        help="your config's data batch_size, for the 'For fit' lines: batches per epoch, "
                        "or whether fit would get no batch at all (default: %(default)s, the DataModule's)")
+    check.add_argument("--val-pairing", choices=("listed", "self", "random"), default="listed",
+                       help="your config's data val_pairing, for the 'validation pairing' line (default: %(default)s)")
+    check.add_argument("--val-pairs-file", metavar="FILE",
+                       help="your config's data val_pairs_file (default: <root>/val/pairs.json when it exists)")
     return parser
 
 
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         report = check_dataset(args.dataset, root=args.root, split=args.split, max_files=args.max_files,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, val_pairing=args.val_pairing,
+                               val_pairs_file=args.val_pairs_file)
     except UnknownDatasetError as exc:
         print(f"{parser.prog} check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

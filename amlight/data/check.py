@@ -19,6 +19,7 @@ import numpy as np
 from amlight.data.datasets.folder import FLAT_SPLIT, SplitNotFoundError
 from amlight.data.holdout import DEFAULT_VAL_HOLDOUT, holdout_count, train_batches
 from amlight.data.io import DataFileError
+from amlight.data.pairing import choose_pairing
 from amlight.data.registry import (
     DatasetEntry,
     DatasetMetadata,
@@ -60,6 +61,7 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     max_files: int | None = None
     fit_notes: list[str] = field(default_factory=list)  # what `fit` will make of the splits found
+    split_notes: dict[str, str] = field(default_factory=dict)  # splits on disk that are not read, and why
     fit_batch_size: int = 8
 
     @property
@@ -154,15 +156,19 @@ def check_dataset(
     val_split: str = "val",
     val_holdout: float = DEFAULT_VAL_HOLDOUT,
     drop_last: bool = True,
+    val_pairing: str = "listed",
+    val_pairs_file: str | Path | None = None,
 ) -> CheckReport:
     """Load every image/label pair of a dataset (all its splits unless ``split``) and report all problems.
 
     ``name_or_dir`` is a registered dataset name (``root`` then says where it lives) or a folder in
     the ``folder`` format. ``max_files`` limits the pairs read per split. Raises
     :class:`UnknownDatasetError` for an unknown name and ValueError for a missing root; everything
-    wrong with the data itself ends up in :attr:`CheckReport.problems`. ``batch_size`` ... ``drop_last``
-    are the DataModule's settings (its defaults): :attr:`CheckReport.fit_notes` says what ``fit`` will do
-    with the splits found (held-out validation slice, batches per epoch, no batch at all).
+    wrong with the data itself ends up in :attr:`CheckReport.problems`. ``batch_size`` ... ``drop_last``,
+    ``val_pairing`` and ``val_pairs_file`` are the DataModule's settings (its defaults): :attr:`CheckReport.fit_notes`
+    says what ``fit`` will do with the splits found (held-out validation slice, which pairing validation
+    uses and why, batches per epoch, no batch at all). :attr:`CheckReport.split_notes` names the splits on
+    disk that the dataset does not read (an official test split without labels, coarse-only splits).
     """
     if max_files is not None and max_files < 1:
         raise ValueError(f"max_files must be at least 1, got {max_files}")
@@ -177,8 +183,12 @@ def check_dataset(
         # explanation of the layout it expected.
         splits = (list(lister(root)) if lister else list(_DEFAULT_SPLITS)) or ["train"]
     guessed_splits = split is None and not entry.extra.get("splits")
+    unreadable = entry.extra.get("unreadable_splits")
+    if unreadable is not None:
+        report.split_notes = {name: why for name, why in unreadable(root).items() if split in (None, name)}
 
     pixels = images = None
+    unpaired: dict[str, int] = {}  # split -> unpaired files, which strict pairing (fit's default) refuses
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for split_name in splits:
@@ -191,6 +201,8 @@ def check_dataset(
                 continue
             for problem in getattr(source, "problems", ()):
                 report.add_problem(problem)
+                if getattr(problem, "kind", None) == "missing partner file":
+                    unpaired[split_name] = unpaired.get(split_name, 0) + 1
             metadata = source.metadata
             if report.metadata is None:
                 report.metadata = metadata
@@ -214,6 +226,15 @@ def check_dataset(
     if split is None:
         report.fit_batch_size = batch_size
         report.fit_notes = fit_notes(report.counts, batch_size, train_split, val_split, val_holdout, drop_last)
+        if train_split in report.counts or FLAT_SPLIT in report.counts:
+            where = 1 if len(report.fit_notes) > 1 else len(report.fit_notes)
+            report.fit_notes.insert(where, choose_pairing(val_pairing, val_pairs_file, root / val_split / "pairs.json",
+                                                          "validation", "--data.init_args.val_pairing")[1])
+        for split_name, count in unpaired.items():
+            report.fit_notes.append(
+                f"split {split_name!r}: fit refuses its {count} unpaired file(s); dataset_options: {{strict: false}} "
+                f"(--data.init_args.dataset_options '{{strict: false}}') keeps its "
+                f"{report.counts.get(split_name, 0)} paired scenes and drops them")
     if pixels is not None:
         report.class_pixels = pixels.tolist()
         report.class_images = images.tolist()
@@ -317,6 +338,11 @@ def format_report(report: CheckReport, max_per_kind: int = 10) -> str:
                 lines.append(f"      {problem.message}")
             if len(problems) > max_per_kind:
                 lines.append(f"    ... and {len(problems) - max_per_kind} more")
+
+    if report.split_notes:
+        lines.append("")
+        lines.append("Splits on disk that are not read:")
+        lines += [f"  {name}: {why}" for name, why in report.split_notes.items()]
 
     if report.fit_notes:
         lines.append("")

@@ -11,18 +11,25 @@ from torch.utils.data import DataLoader
 from amlight.data.datasets.folder import SplitNotFoundError
 from amlight.data.holdout import DEFAULT_VAL_HOLDOUT, split_off_holdout, train_batches
 from amlight.data.io import DataFileError
-from amlight.data.pairing import PairDataset, Pairing, read_pairs_file
-from amlight.data.registry import DatasetMetadata, build_dataset, get_dataset_entry
+from amlight.data.pairing import PairDataset, Pairing, choose_pairing, read_pairs_file
+from amlight.data.registry import DatasetMetadata, resolve_dataset
 from amlight.data.synthetic import ensure_synthetic_dataset, read_manifest
 
 
 class ExemplarPairDataModule(L.LightningDataModule):
     """Args:
-        dataset: a registered dataset name (see ``python -m amlight data list``) or a folder path.
-        root: the dataset's folder (default: the dataset's registered default, e.g. data/synthetic).
+        dataset: a registered dataset name (see ``python -m amlight data list``) or a folder path. A folder
+            path is the data read: a ``root`` that is not itself a folder dataset (e.g. the quickstart
+            config's data/synthetic) is set aside with a note; a ``root`` that is another folder dataset
+            is an error naming both.
+        root: where a named dataset lives (default: the dataset's registered default, e.g. data/synthetic).
         resolution: training size, an int (square) or [height, width]. Labels are resized with nearest only.
         train_pairing / val_pairing: self | random | listed (see amlight.data.pairing).
-        val_pairs_file: pairs JSON for listed validation; default ``<root>/<val_split>/pairs.json`` if it exists.
+        val_pairs_file: pairs JSON for listed validation; default ``<root>/<val_split>/pairs.json`` if it exists,
+            else validation uses self-pairs, and fit's log says so (``val_pairing_note``).
+        dataset_options: keyword arguments of the dataset's builder, e.g. ``{strict: false}`` (keep the paired
+            scenes of a split with unpaired files; fit's log counts the files dropped) or, for cityscapes,
+            ``{annotations: coarse}`` (read gtCoarse).
         synthetic: generator parameters when dataset is "synthetic": the data is generated on first use.
         max_val_samples: cap on validation items (validation renders samples, which costs time on a CPU).
         val_holdout: when the dataset has split folders but no ``val_split`` (a folder dataset with only
@@ -66,13 +73,17 @@ class ExemplarPairDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.entry = get_dataset_entry(dataset) if not Path(dataset).is_dir() else get_dataset_entry("folder")
-        self.root = Path(root if root is not None else (dataset if Path(dataset).is_dir() else self.entry.default_root or ""))
+        self.entry, self.root, self.root_note = resolve_dataset(dataset, root)
         self.size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         self._metadata: DatasetMetadata | None = self.entry.metadata
         self.train_set = self.val_set = self.predict_set = None
         self._train_src = self._val_src = None  # scene sources, after any held-out val slice
         self.holdout_note: str | None = None
+        self.val_pairing_note: str | None = None  # which pairing validation uses, and why
+        self.train_pairing_note: str | None = None
+        self.predict_pairing_note: str | None = None
+        self.dropped_notes: dict[str, str] = {}  # split -> unpaired files left out (dataset_options strict: false)
+        self._logged: set[str] = set()
 
     # --- metadata, linked into the model's arguments by the CLI ---
     @property
@@ -109,7 +120,15 @@ class ExemplarPairDataModule(L.LightningDataModule):
     def _source(self, split: str):
         if self.entry.name == "synthetic":
             self.prepare_data()  # idempotent and cheap once the data exists; covers use without a Trainer
-        return build_dataset(self.entry.name, self.root, split, **(self.hparams.dataset_options or {}))
+        source = self.entry.builder(root=self.root, split=split, **(self.hparams.dataset_options or {}))
+        unpaired = [p for p in getattr(source, "problems", ()) or ()
+                    if getattr(p, "kind", "") == "missing partner file"]
+        if unpaired and split not in self.dropped_notes:
+            shown = ", ".join(Path(p.path).name for p in unpaired[:3])
+            self.dropped_notes[split] = (
+                f"split {split!r}: {len(unpaired)} unpaired file(s) left out (dataset_options strict: false), "
+                f"using its {len(source)} paired scenes; e.g. {shown} (data check lists them all)")
+        return source
 
     def _pairs(self, pairing: str, split: str, pairs_file: str | None):
         if pairing != "listed":
@@ -150,10 +169,15 @@ class ExemplarPairDataModule(L.LightningDataModule):
         return self._train_src
 
     def _dataset(self, split: str, pairing: str, pairs_file: str | None, augment: bool, limit=None,
-                 dataset_class: type[PairDataset] = PairDataset, source=None) -> PairDataset:
+                 dataset_class: type[PairDataset] = PairDataset, source=None, role: str | None = None) -> PairDataset:
         hp = self.hparams
-        if pairing == "listed" and pairs_file is None and not (self.root / split / "pairs.json").exists():
-            pairing = "self"  # no pairs file: validate on self-pairs
+        if role is not None:  # no pairs file for listed pairing: self-pairs, and a note that says so
+            key = {"training": "train", "validation": "val", "predict": "predict"}[role]
+            pairing, note = choose_pairing(pairing, pairs_file, self.root / split / "pairs.json", role,
+                                           f"--data.init_args.{key}_pairing")
+            if role == "validation" and self.holdout_note and pairing == "self" and hp.val_pairing == "listed":
+                note += f" (the held-out slice of {hp.train_split!r} has no pairs file)"
+            setattr(self, f"{key}_pairing_note", note)
         return dataset_class(
             source if source is not None else self._source(split), pairing, self.size, augment=augment,
             scale=hp.scale, hflip=hp.hflip,
@@ -164,22 +188,36 @@ class ExemplarPairDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset(hp.train_split, hp.train_pairing, hp.train_pairs_file, augment=True,
-                                           source=self._train_source())
+                                           source=self._train_source(), role="training")
             self._check_train_batches()
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._dataset(
                 hp.val_split, hp.val_pairing, hp.val_pairs_file, augment=False, limit=hp.max_val_samples,
-                source=self._val_source(),
+                source=self._val_source(), role="validation",
             )
-            if self.holdout_note:
-                from lightning.pytorch.utilities import rank_zero_info
-
-                rank_zero_info(f"amlight: {self.holdout_note}")
+            self._log_notes(self.root_note, self.holdout_note, *self.dropped_notes.values(), self.val_pairing_note)
+            if hp.train_pairing != "self":  # the default needs no word; listed or random do
+                self._log_notes(self.train_pairing_note)
         if stage == "predict" and self.predict_set is None:
             self.predict_set = self._dataset(
                 hp.predict_split, hp.predict_pairing, hp.predict_pairs_file, augment=False,
-                limit=hp.max_predict_samples, dataset_class=NamedPairDataset,
+                limit=hp.max_predict_samples, dataset_class=NamedPairDataset, role="predict",
             )
+            self._log_notes(self.root_note, *self.dropped_notes.values(), self.predict_pairing_note)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the data setup decided that the user should know (fit logs each line once)."""
+        return [n for n in (self.root_note, self.holdout_note, *self.dropped_notes.values(),
+                            self.train_pairing_note, self.val_pairing_note, self.predict_pairing_note) if n]
+
+    def _log_notes(self, *notes: str | None) -> None:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        for note in notes:
+            if note and note not in self._logged:
+                self._logged.add(note)
+                rank_zero_info(f"amlight: {note}")
 
     def _check_train_batches(self) -> None:
         # Lightning treats an empty train loader as "nothing to do": a warning, exit 0 and no checkpoint.

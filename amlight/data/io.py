@@ -363,6 +363,44 @@ def _is_grey(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
+def raise_if_unpaired(problems: Sequence[DataFileError], scenes: Sequence, images_dir: str | Path,
+                      labels_dir: str | Path, strict: bool = True,
+                      what: tuple[str, str] = ("images", "labels")) -> None:
+    """Strict pairing for a split paired with ``strict=False`` (``problems`` from ``pair_files``): raise one
+    :class:`DataFileError` that counts the unpaired files, says how many scenes are paired, and names the
+    switch that keeps them (``dataset_options: {strict: false}``). An empty split is raised as it is."""
+    if not strict:
+        return
+    layout = [p for p in problems if p.kind != "missing partner file"]
+    if layout:
+        raise layout[0]
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    no_label = [Path(p.path) for p in problems if Path(p.path).is_relative_to(images_dir)]
+    no_image = [Path(p.path) for p in problems if not Path(p.path).is_relative_to(images_dir)]
+    if not no_label and not no_image:
+        return
+    def one(word: str) -> str:  # "images" -> "an image", "masks" -> "a mask"
+        word = word[:-1] if word.endswith("s") else word
+        return ("an " if word[:1] in "aeiou" else "a ") + word
+
+    parts = []
+    if no_label:
+        parts.append(f"{len(no_label)} {what[0]} without {one(what[1])} in {labels_dir} "
+                     f"(e.g. {', '.join(p.name for p in no_label[:3])})")
+    if no_image:
+        parts.append(f"{len(no_image)} {what[1]} without {one(what[0])} in {images_dir} "
+                     f"(e.g. {', '.join(p.name for p in no_image[:3])})")
+    dropped = len(no_label) + len(no_image)
+    raise DataFileError(
+        images_dir.parent if images_dir.parent == labels_dir.parent else images_dir,
+        f"{' and '.join(parts)}; strict pairing refuses the split",
+        f"To train on the {len(scenes)} paired scenes and drop these {dropped} files, set dataset_options: "
+        "{strict: false} (--data.init_args.dataset_options '{strict: false}'); or add or remove the files "
+        "(data check lists them all)",
+        kind="missing partner file",
+    )
+
+
 def check_pair(image: np.ndarray, labels: np.ndarray, image_path: str | Path, label_path: str | Path) -> None:
     """Raise :class:`DataFileError` unless the image and its label map have the same height and width."""
     ih, iw = np.asarray(image).shape[:2]

@@ -65,6 +65,29 @@ def read_pairs_file(path: str | Path) -> list[ListedPair]:
     return pairs
 
 
+def choose_pairing(pairing: str, pairs_file: str | Path | None, default_file: Path,
+                   role: str = "validation", flag: str = "--data.init_args.val_pairing") -> tuple[str, str]:
+    """(pairing actually used, one line saying which and why) for ``role`` (validation, predict).
+
+    ``listed`` without an explicit ``pairs_file`` reads ``default_file`` when it exists and otherwise
+    falls back to self-pairs: each target is then its own exemplar, so the loss and the samples see the
+    answer in the exemplar. The line says so, so that this is never silent.
+    """
+    if pairing == "listed":
+        path = Path(pairs_file) if pairs_file else Path(default_file)
+        if pairs_file or path.is_file():
+            return "listed", f"{role} pairing: listed, the exemplar/target pairs of {path}"
+        why = ("so the validation loss and sample grids see the answer in the exemplar" if role == "validation"
+               else "so the exemplar holds the answer")
+        return "self", (f"{role} pairing: self-pairs (each target is its own exemplar, {why}), because {flag} is "
+                        f"listed and there is no {path}. Write "
+                        f"that pairs file for held-out exemplars, or set {flag} random (other scenes) or self "
+                        "to choose self-pairs knowingly")
+    if pairing == "self":
+        return "self", f"{role} pairing: self-pairs ({flag} self: each target is its own exemplar)"
+    return pairing, f"{role} pairing: {pairing} ({flag} {pairing}: each target's exemplar is another scene)"
+
+
 def _to_tensors(image: np.ndarray, labels: np.ndarray):
     return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)), tv_tensors.Mask(
         torch.from_numpy(np.ascontiguousarray(labels)).long()

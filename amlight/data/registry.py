@@ -17,7 +17,7 @@ import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -112,16 +112,21 @@ def register_dataset(
     description: str = "",
     default_root: str | None = None,
     splits: Callable[[Path], Sequence[str]] | None = None,
+    unreadable_splits: Callable[[Path], Mapping[str, str]] | None = None,
 ) -> DatasetEntry:
     """Register a dataset under ``name``. Registering a name twice is an error (it hides a typo).
 
     ``splits(root)``, if given, lists the splits present on disk (``data check`` checks each one).
+    ``unreadable_splits(root)``, if given, maps the splits present on disk that this dataset does not
+    read (an official test split without labels, coarse-only splits) to why; ``data check`` says so.
     """
     if name in _REGISTRY:
         raise ValueError(f"dataset {name!r} is already registered")
     entry = DatasetEntry(name, builder, metadata, description, default_root)
     if splits is not None:
         entry.extra["splits"] = splits
+    if unreadable_splits is not None:
+        entry.extra["unreadable_splits"] = unreadable_splits
     _REGISTRY[name] = entry
     return entry
 
@@ -193,13 +198,61 @@ def _entry_from_entry_point(entry_point) -> DatasetEntry:
     return _REGISTRY[entry_point.name]
 
 
+def is_folder_path(name_or_dir: str | Path) -> bool:
+    """Whether ``name_or_dir`` names a folder rather than a dataset: a registered name (or
+    ``package.module:NAME``) wins over a folder of the same name in the working directory."""
+    name = str(name_or_dir)
+    return name not in _REGISTRY and not is_module_spec(name) and Path(name).is_dir() and (
+        name not in _entry_points())
+
+
+class DatasetRootConflict(ValueError):
+    """``dataset`` is a folder path and ``root`` another folder dataset: which one to read is unclear."""
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def resolve_dataset(name_or_dir: str, root: str | Path | None = None,
+                    flag: str = "--data.init_args.root") -> tuple[DatasetEntry, Path, str | None]:
+    """(entry, root folder, note) that ``dataset`` and ``root`` mean together.
+
+    A registered name is read from ``root`` (default: its registered default root). A folder path is a
+    `folder` dataset read from that path: ``root`` only locates a *named* dataset, so a root that is a
+    registered dataset's default root (``data/synthetic``, left in the quickstart config) or no folder
+    dataset at all is set aside, and ``note`` says so. When ``root`` is another folder dataset of the
+    user's (it holds ``classes.yaml``), the two name different data: :class:`DatasetRootConflict`,
+    naming both.
+    """
+    name = str(name_or_dir)
+    if not is_folder_path(name):
+        entry = get_dataset_entry(name)
+        chosen = root if root is not None else entry.default_root
+        if chosen is None:
+            raise ValueError(f"dataset {entry.name!r} needs a root folder ({flag} DIR)")
+        return entry, Path(chosen), None
+    entry, folder = get_dataset_entry("folder"), Path(name)
+    if root is None or str(root) == "" or _same_folder(root, folder):
+        return entry, folder, None
+    default_roots = {e.name: e.default_root for e in _REGISTRY.values() if e.default_root}
+    owner = next((n for n, r in default_roots.items() if _same_folder(root, r)), None)
+    if owner is None and (Path(root) / "classes.yaml").is_file():
+        raise DatasetRootConflict(
+            f"dataset {name!r} is a folder dataset and root {str(root)!r} is another one: a folder given as the "
+            f"dataset is read from its own path, so it is unclear which to read. Drop root ({flag} null) to read "
+            f"{name}, or set the dataset to 'folder' to read {root}"
+        )
+    whose = f" (the {owner} dataset's default root)" if owner else ""
+    return entry, folder, (f"reading the folder dataset {name}; root {root}{whose} is not used: root only says where "
+                           f"a named dataset lives ({flag} null silences this)")
+
+
 def build_dataset(name_or_dir: str, root: str | Path | None = None, split: str = "train", **kwargs) -> SceneSource:
     """Build a dataset by registered name (or ``package.module:NAME``), or from a folder path (the
-    `folder` format)."""
-    if name_or_dir not in _REGISTRY and Path(name_or_dir).is_dir():
-        root, name_or_dir = name_or_dir, "folder"
-    entry = get_dataset_entry(name_or_dir)
-    root = root if root is not None else entry.default_root
-    if root is None:
-        raise ValueError(f"dataset {entry.name!r} needs a root folder (pass root=...)")
-    return entry.builder(root=Path(root), split=split, **kwargs)
+    `folder` format, read from that path; see :func:`resolve_dataset`)."""
+    entry, folder, _ = resolve_dataset(name_or_dir, root, flag="root=")
+    return entry.builder(root=folder, split=split, **kwargs)

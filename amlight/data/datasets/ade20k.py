@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from amlight.data.datasets.folder import FolderSource, list_files, pair_files
-from amlight.data.io import DataFileError
+from amlight.data.io import DataFileError, raise_if_unpaired
 from amlight.data.registry import DatasetMetadata, register_dataset
 
-# Official SceneParsing order (objectInfo150); colours are the palette the common segmentation
+# Official SceneParsing order and names (objectInfo150: the first name of each class; the csv writes
+# spaces and synonyms alike as ';', e.g. 90 "television;television;receiver;..." is "television", which
+# some toolboxes misread as "television receiver"); colours are the palette the common segmentation
 # toolboxes use, so predictions look the same as in their visualisations.
 CLASS_NAMES: tuple[str, ...] = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -29,7 +31,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet",
     "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer",
     "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower",
-    "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track",
+    "chandelier", "awning", "streetlight", "booth", "television", "airplane", "dirt track",
     "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
     "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
     "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle",
@@ -108,7 +110,8 @@ def build_ade20k(root: Path, split: str = "train", unknown_colors: str = "error"
         )
     images = list_files(images_dir, (".jpg", ".jpeg", ".png"), what="images")
     labels = list_files(labels_dir, (".png",), what="labels")
-    scenes, problems = pair_files(images, labels, images_dir, labels_dir, strict=strict)
+    scenes, problems = pair_files(images, labels, images_dir, labels_dir, strict=False)
+    raise_if_unpaired(problems, scenes, images_dir, labels_dir, strict, what=("images", "annotations"))
     return FolderSource(scenes, METADATA, label_format="index", unknown_colors=unknown_colors, id_map=ID_MAP,
                         problems=problems)
 

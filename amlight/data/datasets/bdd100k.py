@@ -5,7 +5,11 @@ Two official layouts are recognised (ROOT may also be the folder that contains `
     ROOT/images/10k/<split>/*.jpg  +  ROOT/labels/sem_seg/masks/<split>/*.png   (current release)
     ROOT/seg/images/<split>/*.jpg  +  ROOT/seg/labels/<split>/*_train_id.png    (older bdd100k_seg.zip)
 
-Masks already hold train ids (0..18, 255 = unlabelled).
+Masks already hold train ids (0..18, 255 = unlabelled). The other label formats of the release
+(``labels/sem_seg/{colormaps,polygons,rles}``) are not read. The official test split has images only:
+it is refused for training and retrieval. Older 10k zips hold a few images without masks and masks
+without images: strict pairing refuses such a split with a count, and ``dataset_options: {strict:
+false}`` keeps its paired scenes.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from amlight.data.datasets.cityscapes import CLASS_NAMES, COLORS, IGNORE_INDEX
 from amlight.data.datasets.folder import FolderSource, list_files, pair_files
-from amlight.data.io import DataFileError
+from amlight.data.io import DataFileError, raise_if_unpaired
 from amlight.data.registry import DatasetMetadata, register_dataset
 
 METADATA = DatasetMetadata("bdd100k", CLASS_NAMES, COLORS, IGNORE_INDEX)
@@ -41,6 +45,20 @@ def bdd100k_splits(root: str | Path) -> list[str]:
     return sorted(found)
 
 
+def bdd100k_unreadable_splits(root: str | Path) -> dict[str, str]:
+    """Splits with images but no labels (the official test split), for ``data check``."""
+    notes = {}
+    for base in _roots(Path(root)):
+        for images, labels, _ in LAYOUTS:
+            parent = (base / images.format(split="_")).parent
+            if parent.is_dir():
+                for d in sorted(p for p in parent.iterdir() if p.is_dir()):
+                    if not (base / labels.format(split=d.name)).is_dir():
+                        notes.setdefault(d.name, f"images only, no {labels.format(split=d.name)} masks"
+                                         + (" (the official test split has no labels)" if d.name == "test" else ""))
+    return notes
+
+
 def build_bdd100k(root: Path, split: str = "train", unknown_colors: str = "error", strict: bool = True) -> FolderSource:
     root = Path(root)
     for base in _roots(root):
@@ -56,7 +74,8 @@ def build_bdd100k(root: Path, split: str = "train", unknown_colors: str = "error
                                     kind="dataset layout")
             images = list_files(images_dir, (".jpg", ".jpeg", ".png"), what="images")
             labels = list_files(labels_dir, (".png",), what="labels", strip=suffix)
-            scenes, problems = pair_files(images, labels, images_dir, labels_dir, strict=strict)
+            scenes, problems = pair_files(images, labels, images_dir, labels_dir, strict=False)
+            raise_if_unpaired(problems, scenes, images_dir, labels_dir, strict, what=("images", "masks"))
             return FolderSource(scenes, METADATA, label_format="index", unknown_colors=unknown_colors,
                                 problems=problems)
     looked_for = "; ".join(
@@ -79,4 +98,5 @@ register_dataset(
     metadata=METADATA,
     description="BDD100K 10k semantic segmentation, Cityscapes' 19 classes",
     splits=bdd100k_splits,
+    unreadable_splits=bdd100k_unreadable_splits,
 )
