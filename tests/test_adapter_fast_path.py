@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from amlight.modules.adapter import AMAdapter
 from amlight.modules.conv4d import CenterPivotConv4d, pool4d, unpool4d
 from amlight.modules.conv4d_cpu import (
-    fast_path_enabled, group_norm_channels_last, is_channels_last_volume, to_channels_last_volume, use_fast_path,
+    ENV_SWITCH, fast_path_enabled, group_norm_channels_last, is_channels_last_volume, to_channels_last_volume,
+    use_fast_path,
 )
 
 
@@ -81,8 +82,19 @@ def _close(a, b, rel=1e-4, scale=None):
     return float((a.detach() - b.detach()).abs().max() / scale) <= rel
 
 
-pytestmark = pytest.mark.skipif(not use_fast_path(torch.zeros(1), torch.zeros(1)),
-                                reason="the fast path needs float32 oneDNN on the CPU")
+def _fast_path_available() -> bool:
+    with fast_path_enabled(True):  # the hardware's answer, whatever AMLIGHT_CONV4D_FAST says
+        return use_fast_path(torch.zeros(1), torch.zeros(1))
+
+
+pytestmark = pytest.mark.skipif(not _fast_path_available(), reason="the fast path needs float32 oneDNN on the CPU")
+
+
+@pytest.fixture(autouse=True)
+def _switch_from_the_environment_unset(monkeypatch):
+    """These tests compare the fast path with the generic one: a CI job that exports
+    AMLIGHT_CONV4D_FAST=0 (to rehearse the GPU's path) must not turn them into generic vs generic."""
+    monkeypatch.delenv(ENV_SWITCH, raising=False)
 
 
 @pytest.mark.parametrize("batch,c_in,c_out,size,k", [
@@ -241,3 +253,51 @@ def test_inference_mode_costs_work_and_are_not_cached():
         second = adapter("up", lg, c, (8, 8))
     assert _close(first, expected)
     assert _close(second, reference_adapter(adapter, "up", logits, ~cost, (8, 8)))
+
+
+@pytest.mark.parametrize("value,fast", [("0", False), ("false", False), ("off", False), ("1", True), ("", True)])
+def test_environment_switch_decides_the_path_and_the_context_manager_overrides_it(monkeypatch, value, fast):
+    import amlight.modules.conv4d as conv4d
+
+    calls = []
+    real = conv4d.center_pivot_channels_last
+    monkeypatch.setattr(conv4d, "center_pivot_channels_last", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv(ENV_SWITCH, value)
+    conv = _randomize(CenterPivotConv4d(3, 4), seed=20)
+    x = torch.randn(1, 3, 4, 4, 4, 4)
+    assert use_fast_path(x, x) is fast
+    out = conv(x)
+    assert bool(calls) is fast and is_channels_last_volume(out) is fast
+    with fast_path_enabled(not fast):
+        assert use_fast_path(x, x) is (not fast)
+    assert use_fast_path(x, x) is fast  # the environment decides again after the block
+
+
+def test_fast_and_generic_paths_agree_in_outputs_and_gradients_through_the_switch(monkeypatch):
+    """The GPU runs the generic path (tests/test_gpu_code_path.py rehearses it with this switch):
+    the adapter must compute the same numbers and gradients on both sides of it."""
+    adapter = _randomize(AMAdapter(heads=4, channels=8, num_layers=3, max_resolution=4), seed=21)
+    logits, cost = _inputs(2, 4, 8, 8, seed=22)
+    upstream = torch.randn(logits.shape, generator=torch.Generator().manual_seed(23))
+    results = {}
+    for value in ("1", "0"):
+        monkeypatch.setenv(ENV_SWITCH, value)
+        assert use_fast_path(logits, logits) is (value == "1")
+        out = adapter("down", logits, cost, (8, 8))
+        (out * upstream).sum().backward()
+        results[value] = out.detach(), _grads(adapter)
+        adapter.zero_grad()
+    (fast, fast_grads), (generic, generic_grads) = results["1"], results["0"]
+    assert _close(fast, generic) and not torch.equal(generic, torch.zeros_like(generic))
+    assert set(fast_grads) == set(generic_grads) and len(fast_grads) == 5 * 3 - 2
+    scale = max(float(g.abs().max()) for g in generic_grads.values())
+    for name, grad in fast_grads.items():
+        assert _close(grad, generic_grads[name], scale=scale), name
+
+
+def test_cuda_tensors_never_take_the_cpu_fast_path():
+    class OnCuda:  # what use_fast_path reads of a tensor; no GPU needed to build a cuda device object
+        device, dtype = torch.device("cuda", 0), torch.float32
+
+    with fast_path_enabled(True):
+        assert not use_fast_path(OnCuda(), OnCuda())

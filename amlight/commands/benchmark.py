@@ -102,21 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = sub.add_parser(
         "gpu",
         help="SD 1.5 at 512 px on one CUDA device: generate s/image, training it/s, peak memory, conv4d, compile",
-        description="On one CUDA device, in under 8 minutes (--budget-s), with the SD 1.5 stand-in (exact "
-        "architecture, random weights; written to --standin if missing, no download): generate at 512 px in "
-        "bf16 (s/image, 20 steps, CFG, structure_only / augmented / adapter, batch 1 and 4), the memory options "
-        "(fp32 vs bf16, attention_chunk, offload_vae), stage-1 and stage-2 training it/s at batch 2 in bf16 "
-        "autocast (gradient checkpointing / checkpoint_attention on and off), the 4D conv as conv3d on views vs "
-        "permuted conv2d on cuDNN, and torch.compile of the UNet. Peak GPU memory of each. Writes JSON + Markdown.",
+        description="Prints the torch, CUDA runtime and driver versions first (and stops with one line naming "
+        "the install that fixes it when the driver cannot run this torch's CUDA). Then on one CUDA device, in "
+        "about 8 minutes (--budget-s), with the SD 1.5 stand-in (exact architecture, random weights; written to "
+        "--standin if missing, no download), in this order, each section with its own share of the time: "
+        "generate at 512 px in bf16 (s/image, 20 steps, CFG, structure_only / augmented / adapter, batch 1 and 4, "
+        "every image checked for NaN), stage-1 and stage-2 training it/s at the shipped configs' batch sizes in "
+        "bf16 autocast (gradient checkpointing / checkpoint_attention on, as shipped, then off), the memory "
+        "options (fp32 vs bf16, attention_chunk, offload_vae), the 4D conv as conv3d on views vs permuted "
+        "conv2d on cuDNN (bf16 output checked against fp32), and torch.compile of the UNet. Peak GPU memory of "
+        "each. Writes JSON + Markdown; exits 1 on an error, a NaN image or a failed bf16 check.",
     )
     gpu.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
     gpu.add_argument("--standin", metavar="DIR", default="runs/sd15-standin",
                      help="SD 1.5 stand-in folder, written if incomplete (default: %(default)s)")
     gpu.add_argument("--budget-s", type=_positive, default=480,
-                     help="sections that would start after this many seconds are skipped (default: %(default)s)")
+                     help="total time; each section gets its share plus what earlier ones left, and skips rows "
+                     "that would not fit (default: %(default)s)")
     gpu.add_argument("--out", metavar="FILE.json", default="runs/benchmarks/gpu_check.json",
                      help="JSON record; the Markdown table goes next to it (default: %(default)s)")
-    # The test suite's CPU dry run: tiny models, 64 px, 2 steps; numbers meaningless.
+    # The test suite's CPU dry run: tiny models, 32 px, 1 step; numbers meaningless.
     gpu.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
     startup = sub.add_parser(
@@ -268,7 +273,7 @@ def _startup_main(args: argparse.Namespace) -> int:
 
 
 def _gpu_main(args: argparse.Namespace) -> int:
-    from amlight.benchmarks.gpu_check import format_table, gpu_check
+    from amlight.benchmarks.gpu_check import failures, format_table, gpu_check
 
     out = Path(args.out)
     try:
@@ -279,9 +284,10 @@ def _gpu_main(args: argparse.Namespace) -> int:
         print(f"amlight {e}", file=sys.stderr)
         return 1
     _report(out, result, format_table(result), markdown=True)
-    # A compile failure is a finding (it is reported in the table), and so is running out of memory.
-    failed = [name for name in ("generate", "memory_options", "training", "conv4d")
-              if any("error" in row and "out of memory" not in str(row["error"]) for row in result.get(name, []))]
+    failed = failures(result)
+    if failed:
+        print(f"amlight benchmark gpu: failed rows (an error, an image with NaN/inf or a bf16 check out of "
+              f"tolerance) in: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
 
 

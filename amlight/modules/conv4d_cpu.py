@@ -16,23 +16,32 @@ at SD size, for three reasons measured with torch.profiler on one 32^4 volume, 2
 The weights are the Conv2d modules' own, so checkpoints are unchanged; only the memory layout of the
 activations differs. Used for float32 on CPU when oneDNN is available; everything else (CUDA, bf16 on
 CPUs without bf16 units) keeps the view-based path.
+
+``AMLIGHT_CONV4D_FAST=0`` in the environment (or :func:`fast_path_enabled` ``(False)`` around a block)
+forces the view-based path on the CPU too: CUDA always runs that path, so this is how a CPU rehearses
+the GPU's code (tests/test_gpu_code_path.py) and how benchmarks time the path before this one.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
 
+import os
+
 import torch
 import torch.nn.functional as F
 
-_ENABLED = True
+ENV_SWITCH = "AMLIGHT_CONV4D_FAST"
+# None: the environment decides (on unless AMLIGHT_CONV4D_FAST is 0 / false / off / no);
+# fast_path_enabled() sets True or False for the length of a block, over the environment.
+_ENABLED: bool | None = None
 # The fused conv + add is a private oneDNN op of PyTorch (torch.ops.mkldnn); without it, a plain add.
 _FUSED_ADD = hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
 
 
 @contextmanager
 def fast_path_enabled(enabled: bool) -> Iterator[None]:
-    """Switch the fast path off (or on) inside a block: benchmarks time the old path with it."""
+    """Switch the fast path off (or on) inside a block, whatever the environment says."""
     global _ENABLED
     before, _ENABLED = _ENABLED, enabled
     try:
@@ -41,9 +50,16 @@ def fast_path_enabled(enabled: bool) -> Iterator[None]:
         _ENABLED = before
 
 
+def fast_path_switched_on() -> bool:
+    if _ENABLED is not None:
+        return _ENABLED
+    # Read at every call, not at import: a test or a launcher may set it after amlight is imported.
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def use_fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_ENABLED and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and fast_path_switched_on())
 
 
 def is_channels_last_volume(x: torch.Tensor) -> bool:
