@@ -36,7 +36,9 @@ def usage() -> str:
     lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_COMMANDS.items()]
     lines += ["", "amlight commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in OWN_COMMANDS.items()]
-    lines += ["", "example: python -m amlight fit --config configs/quickstart/stage1.yaml --trainer.max_steps 50"]
+    lines += ["", "example: python -m amlight fit --config configs/quickstart/stage1.yaml --trainer.max_steps 50",
+              "options of a stage or of the data, described: python -m amlight fit --model.help GenerationStage "
+              "(or AdapterStage), --data.help ExemplarPairDataModule"]
     return "\n".join(lines)
 
 

@@ -127,9 +127,14 @@ def derive_run_layout(config) -> RunLayout:
                      [Path(d) for d in checkpoint_dirs])
 
 
+# Where launchers put a process's rank: torchrun and Lightning's DDP children (RANK, LOCAL_RANK,
+# NODE_RANK, GROUP_RANK), srun (SLURM_PROCID: srun starts every task itself and sets no RANK), LSF's jsrun.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
 def _is_rank_zero() -> bool:
-    # DDP children re-run the command line; only the first process checks and cleans up.
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+    # Every rank runs the command line; only the first process checks and cleans up.
+    return all(os.environ.get(k, "0") in ("0", "") for k in _RANK_VARIABLES)
 
 
 def check_fit_target(layout: RunLayout, ckpt_path: str | None, max_steps: int | None) -> None:

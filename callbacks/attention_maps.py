@@ -26,6 +26,7 @@ from amlight.apps.attention_probe import (
     short_layer_name,
 )
 from amlight.visualize import colorize, column_grid, save_png
+from amlight.callbacks.precision import trainer_precision
 from amlight.callbacks.run_dir import run_dir
 
 
@@ -110,7 +111,7 @@ class AttentionMaps(L.Callback):
             return
         metadata = getattr(trainer.datamodule, "metadata", None) if trainer.datamodule is not None else None
         # The whole module goes to eval (not only the probed parts) and every submodule's flag comes back.
-        with eval_mode(pl_module), torch.no_grad():
+        with eval_mode(pl_module), torch.no_grad(), trainer_precision(trainer):
             panels, scalars = self.render(pl_module, batch, metadata)
         step = trainer.global_step
         self.last_scalars = scalars

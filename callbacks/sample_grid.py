@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from amlight.visualize import colorize, column_grid, save_png, to_uint8
+from amlight.callbacks.precision import trainer_precision
 from amlight.callbacks.run_dir import run_dir
 
 
@@ -44,7 +45,8 @@ class SampleGrid(L.Callback):
     @torch.no_grad()
     def render(self, trainer, pl_module, batch: dict) -> torch.Tensor:
         metadata = getattr(trainer.datamodule, "metadata", None) if trainer.datamodule is not None else None
-        generated = pl_module.generate(batch)
+        with trainer_precision(trainer):
+            generated = pl_module.generate(batch)
         columns = [
             to_uint8(batch["exemplar_image"]),
             colorize(batch["labels"], metadata),

@@ -13,6 +13,17 @@ class RankDump(L.Callback):
         wrapped = trainer.strategy.model  # DistributedDataParallel around the LightningModule while training
         self.wrapper = type(wrapped).__name__
         self.synced = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+        # The first training step's draws: add_noise(latents, noise, timesteps), exemplar then target.
+        self.first_draws = []
+        scheduler = pl_module.train_scheduler
+        add_noise = scheduler.add_noise
+
+        def recording(latents, noise, timesteps):
+            if len(self.first_draws) < 2:
+                self.first_draws.append({"noise": noise.detach().cpu().clone(), "t": timesteps.detach().cpu().clone()})
+            return add_noise(latents, noise, timesteps)
+
+        scheduler.add_noise = recording
 
     def on_fit_end(self, trainer, pl_module):
         torch.save(
@@ -23,6 +34,7 @@ class RankDump(L.Callback):
                 "synced_params": self.synced,
                 "adapter_params": sum(p.numel() for p in pl_module.adapter.parameters()),
                 "wrapper": self.wrapper,
+                "first_draws": self.first_draws,
             },
             os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
         )

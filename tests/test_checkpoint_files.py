@@ -103,3 +103,46 @@ def test_every_loader_uses_it(good, tmp_path):
     cut_st.write_bytes(b"\x10" + b"\x00" * 7 + b"{")
     with pytest.raises(CheckpointError, match=f"{cut_st} is truncated or not a safetensors file"):
         read_adapter_file(cut_st)
+
+
+def test_load_stage1_reads_and_hashes_an_unchanged_file_once(tmp_path, monkeypatch):
+    """Issue 17, item 7: a stage-1 checkpoint is gigabytes; a second load_stage1 of the same file must
+    neither hash nor read it again, and the one read maps the file instead of loading all of it."""
+    import os
+
+    import amlight.checkpoints.stage1 as stage1_module
+    from conftest import save_stage1_checkpoint
+
+    path = save_stage1_checkpoint(tmp_path / "s1.ckpt")
+    hashed, loads = [], []
+    file_sha256, torch_load = stage1_module.file_sha256, torch.load
+    monkeypatch.setattr(stage1_module, "file_sha256", lambda p: hashed.append(p) or file_sha256(p))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("mmap")) or torch_load(*a, **k))
+
+    first = stage1_module.load_stage1(path)
+    assert len(hashed) == 1 and loads == [True]
+    assert stage1_module.load_stage1(str(path)) is first  # before the fix: read and hashed again
+    assert len(hashed) == 1 and len(loads) == 1
+
+    save_stage1_checkpoint(path, seed=1)  # rewritten in place: new weights, new hash, new model
+    os.utime(path, ns=(first_mtime := path.stat().st_mtime_ns, first_mtime + 10**9))  # coarse clocks
+    second = stage1_module.load_stage1(path)
+    assert second is not first and second.sha256 != first.sha256 and len(hashed) == 2
+    assert second.sha256 == file_sha256(path)
+    a, b = (next(m.model.guidance.parameters()) for m in (first, second))  # seeded by torch, not the backbone
+    assert not torch.equal(a, b)
+
+
+def test_load_stage1_still_refuses_another_stage(tmp_path):
+    from amlight.checkpoints.stage1 import load_stage1
+
+    torch.save({"amlight": {"format_version": 1, "stage": "adapter"}, "state_dict": {}}, tmp_path / "s2.ckpt")
+    for _ in range(2):  # the refusal is not cached away
+        with pytest.raises(CheckpointError, match=r"is a stage-2 \(adapter\) checkpoint"):
+            load_stage1(tmp_path / "s2.ckpt")
+
+
+def test_mmap_loading_takes_the_legacy_format_too(tmp_path):
+    torch.save({"amlight": {"stage": "generation"}, "w": torch.ones(3)}, tmp_path / "old.ckpt",
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(load_torch_file(tmp_path / "old.ckpt", mmap=True)["w"], torch.ones(3))

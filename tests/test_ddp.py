@@ -1,4 +1,5 @@
-"""Stage 2 with two processes (DDP over gloo on the CPU): both ranks must end with the same adapter."""
+"""Stage 2 with two processes (DDP over gloo on the CPU): both ranks must end with the same adapter,
+after training on different draws."""
 import os
 import re
 import subprocess
@@ -38,6 +39,12 @@ def test_stage2_ddp_two_processes_end_with_identical_adapters(tmp_path):
     a, b = ranks[0]["adapter"], ranks[1]["adapter"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # Each rank draws its own timesteps and noise (issue 17, item 3): alike, 2 GPUs would train on one draw.
+    first = [r["first_draws"] for r in ranks]
+    assert all(len(d) == 2 for d in first)
+    for which in (0, 1):  # the exemplar's noising, then the target's
+        assert not torch.equal(first[0][which]["noise"], first[1][which]["noise"])
+    assert not torch.equal(first[0][0]["t"], first[1][0]["t"])  # 2 timesteps of 1000: alike by chance 1 in 10^6
     # ...and training really moved them: phi's last layer (index 6 with 3 layers) starts at exactly zero
     last = {k: v for k, v in a.items() if re.match(r"phi\.\w+\.6\.", k)}
     assert last and any(v.abs().sum() > 0 for v in last.values())

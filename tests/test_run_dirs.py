@@ -11,7 +11,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from amlight.cli import main
 from amlight.run_config import config_name, free_config_name
-from amlight.run_directory import FailedStartCleanup, RunLayout, derive_run_layout
+from amlight.run_directory import FailedStartCleanup, RunDirError, RunLayout, check_fit_target, derive_run_layout
 from amlight.checkpoints.files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,3 +178,26 @@ def test_validate_on_a_training_run_keeps_its_config(tmp_path):
     assert config_name(str(tmp_path), "validate") == "config.validate.yaml"
     assert config_name(str(tmp_path), TrainerFn.VALIDATING) == "config.validate.yaml"  # what Lightning passes
     assert config_name(str(tmp_path), "fit") == "config.resume-1.yaml"
+
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+@pytest.mark.parametrize("variable", ["SLURM_PROCID", "RANK", "LOCAL_RANK"])
+def test_only_rank_zero_checks_and_cleans_the_run_directory(tmp_path, monkeypatch, variable):
+    """Issue 17, item 8: srun starts every task itself and sets SLURM_PROCID, not LOCAL_RANK / NODE_RANK /
+    GROUP_RANK; a rank other than zero must neither refuse the folder nor clean it up."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config.yaml").write_text("seed_everything: 0\n")
+    layout = RunLayout(tmp_path, [tmp_path / "checkpoints"])
+    with pytest.raises(RunDirError, match="already holds a run"):
+        check_fit_target(layout, None, 4)  # rank zero (no variable set) refuses an occupied folder
+    cleanup = FailedStartCleanup(layout)
+    (tmp_path / "hparams.yaml").write_text("{}\n")  # written by rank zero's start meanwhile
+
+    monkeypatch.setenv(variable, "1")
+    check_fit_target(layout, None, 4)  # before the fix, with SLURM_PROCID=1: refused like rank zero
+    assert cleanup.clean() is False and (tmp_path / "hparams.yaml").exists()
+    monkeypatch.setenv(variable, "0")
+    assert cleanup.clean() is True and not (tmp_path / "hparams.yaml").exists()

@@ -55,7 +55,8 @@ def _container_problem(path: Path) -> str | None:
 
 def load_torch_file(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with a one-line :class:`CheckpointError`
-    for a missing, truncated, foreign or unsafe file. ``what`` names the file's role in messages."""
+    for a missing, truncated, foreign or unsafe file. ``what`` names the file's role in messages.
+    ``mmap``: map the file instead of reading it, so that tensors nobody touches are never read."""
     import torch
 
     path = Path(path)
@@ -66,6 +67,9 @@ def load_torch_file(path: str | Path, what: str = "checkpoint", mmap: bool = Fal
     problem = _container_problem(path)
     if problem is not None:
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({problem})")
+    if mmap:
+        with open(path, "rb") as f:
+            mmap = f.read(2) == b"PK"  # the legacy (pre-zip) format cannot be memory-mapped: read it whole
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:

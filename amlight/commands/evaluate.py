@@ -25,13 +25,17 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from amlight.commands import parse_or_exit_code, int_at_least, non_negative_float
+from amlight.commands.generate import auto_or_int_at_least
 
 PROG = "amlight evaluate"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 GRID_ROWS = 8
+# At most as many pairs per chunk as before "auto"; a CPU run takes exactly this many.
+AUTO_BATCH_CAP = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="block groups that read the bank, joined with '+' (default: %(default)s)")
     run.add_argument("--max-resolution", type=int_at_least(1), metavar="N",
                      help="adapter 4D pooling size (default: the value it was trained with)")
-    run.add_argument("--batch-size", type=int_at_least(1), default=16,
-                     help="pairs per chunk: exemplars inverted together, targets per UNet call (default: %(default)s)")
+    run.add_argument("--batch-size", type=auto_or_int_at_least(1), default="auto", metavar="N|auto",
+                     help="pairs per chunk: exemplars inverted together, targets per UNet call; auto: as many as "
+                     f"the GPU's free memory holds, at most {AUTO_BATCH_CAP} ({AUTO_BATCH_CAP} on a CPU) "
+                     "(default: %(default)s)")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="(default: %(default)s)")
     metrics = parser.add_argument_group("paper metrics (from local weights, never downloaded)")
@@ -161,7 +167,7 @@ def prepare(args):
         raise _Error(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     settings = Settings(modes=tuple(modes), seeds=tuple(seeds), steps=args.steps, guidance_scale=args.guidance_scale,
                         strength=args.strength, blocks=parse_blocks(args.blocks), max_resolution=args.max_resolution,
-                        batch_size=args.batch_size)
+                        batch_size=AUTO_BATCH_CAP if args.batch_size == "auto" else args.batch_size)
     sweeps = [parse_sweep(text) for text in args.sweep]
     draws_adapter = any(a.uses_adapter for a in settings.attentions.values())
     if (args.max_resolution is not None or any(p == "max_resolution" for p, _ in sweeps)) and not draws_adapter:
@@ -182,6 +188,12 @@ def prepare(args):
         raise _Error(f"dataset {args.data!r} has {source.metadata.num_classes} classes but the stage-1 model was "
                      f"trained on {pipe.num_classes}: pass the --data it was trained on")
     pairs = load_pairs(pairs_file, source, pipe.resolution, args.max_pairs)
+    if args.batch_size == "auto":
+        steps = max([settings.steps] + [int(v) for param, values in sweeps if param == "steps" for v in values])
+        batch, note = pipe.auto_batch_size(pipe.resolution, steps, settings.attentions.values(), AUTO_BATCH_CAP)
+        settings = replace(settings, batch_size=batch)
+        if note:
+            model.notes.append(note)
     models = None
     if args.dino or args.clip or args.inception or args.segmenter:
         models = MetricModels.load(args.dino, args.clip, args.inception, args.segmenter,
@@ -301,9 +313,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from amlight.metrics import MetricWeightsError, MissingDependencyError
     from amlight.metrics.evaluation import EvaluationError
     from amlight.checkpoints.files import CheckpointError
+    from amlight.pipeline.finite import NonFiniteOutputError
 
     return (_Error, EvaluationError, DataFileError, PairsFileError, UnknownDatasetError, CheckpointError,
-            MetricWeightsError, MissingDependencyError, OSError)
+            MetricWeightsError, MissingDependencyError, OSError, NonFiniteOutputError)
 
 
 def main(argv: list[str] | None = None) -> int:

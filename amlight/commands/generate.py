@@ -46,6 +46,20 @@ PROG = "amlight generate"
 MODES = ("adapter", "augmented", "hard_mask", "structure_only")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+AUTO_BATCH_CAP = 8
+
+
+def auto_or_int_at_least(low: int):
+    """An argparse type: ``auto`` or an integer >= ``low``."""
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return int_at_least(low)(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected auto or an integer >= {low}, got {text!r}") from None
+
+    return parse
 
 
 class GenerateError(ValueError):
@@ -103,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--size", type=int_at_least(1), nargs=2, metavar=("H", "W"),
                           help="image size (default: the model's native resolution); inputs are resized "
                           "(images bilinear, labels nearest)")
-    sampling.add_argument("--batch-size", type=int_at_least(1), default=8,
-                          help="targets per UNet call (default: %(default)s)")
+    sampling.add_argument("--batch-size", type=auto_or_int_at_least(1), default="auto", metavar="N|auto",
+                          help="targets per UNet call, or auto: as many as the GPU's free memory holds, at most "
+                          f"{AUTO_BATCH_CAP} ({AUTO_BATCH_CAP} on a CPU) (default: %(default)s)")
     sampling.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     sampling.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="(default: %(default)s)")
     sampling.add_argument("--threads", type=int_at_least(1),
@@ -282,6 +297,10 @@ def prepare(args: argparse.Namespace, kind: str, attention) -> Plan:
             )
         paints = [I.parse_paint(spec, space) for spec in args.paint]
         size = _size(args, pipe)
+        if args.batch_size == "auto":
+            args.batch_size, note = pipe.auto_batch_size(size, args.steps, [attention], AUTO_BATCH_CAP)
+            if note:
+                notes.append(note)
         cache = I.InputCache(space, size)
         if kind == "pairs":
             jobs = I.pairs_from_file(args.pairs, cache, paints=paints, links=links, attention=attention)
@@ -326,6 +345,7 @@ def _changed_settings(previous: dict | None, settings: dict) -> list[str]:
 
 def execute(plan: Plan, args: argparse.Namespace) -> int:
     from amlight.apps.outputs import generate_pairs
+    from amlight.pipeline.finite import NonFiniteOutputError
 
     err = sys.stderr
     for note in plan.notes:
@@ -350,6 +370,9 @@ def execute(plan: Plan, args: argparse.Namespace) -> int:
             print(f"\n{PROG}: interrupted after {len(report.written)} new output(s); every file written is "
                   "complete: run the same command again to resume", file=err)
         return EXIT_INTERRUPTED
+    except NonFiniteOutputError as e:  # what was written before stays; nothing is written from NaN
+        print(f"{PROG}: error: {e}", file=err)
+        return EXIT_ERROR
     summary = plan.writer.write_summary(arguments, report, plan.settings)
     grid = plan.writer.write_grid()
     total = time.perf_counter() - start

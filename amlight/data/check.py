@@ -78,10 +78,12 @@ class CheckReport:
 
     def add_problem(self, error: BaseException, file: str | Path | None = None) -> None:
         if isinstance(error, DataFileError):
-            self.problems.append(Problem(error.path, error.detail, error.kind))
+            problem = Problem(error.path, error.detail, error.kind)
         else:
-            self.problems.append(Problem(str(file or self.root or self.dataset),
-                                         f"{type(error).__name__}: {error}", "unexpected error"))
+            problem = Problem(str(file or self.root or self.dataset), f"{type(error).__name__}: {error}",
+                              "unexpected error")
+        if problem not in self.problems:  # a dataset-wide problem (classes.yaml) is met by every split
+            self.problems.append(problem)
 
 
 def _resolve(name_or_dir: str, root: str | Path | None) -> tuple[DatasetEntry, Path]:
@@ -188,6 +190,7 @@ def check_dataset(
         report.split_notes = {name: why for name, why in unreadable(root).items() if split in (None, name)}
 
     pixels = images = None
+    unbuilt: set[str] = set()  # splits that could not be read at all (their problems say why)
     unpaired: dict[str, int] = {}  # split -> unpaired files, which strict pairing (fit's default) refuses
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -198,6 +201,7 @@ def check_dataset(
                 if guessed_splits and split_name != train_split and isinstance(exc, SplitNotFoundError):
                     continue  # a guessed val split that is not there: fit holds out a slice (see fit_notes)
                 report.add_problem(exc, root)
+                unbuilt.add(split_name)
                 continue
             for problem in getattr(source, "problems", ()):
                 report.add_problem(problem)
@@ -223,7 +227,7 @@ def check_dataset(
                 for problem in problems:
                     report.add_problem(problem, _scene_file(source, index))
 
-    if split is None:
+    if split is None and not unbuilt:  # fit's arithmetic on splits that could not be read would be false
         report.fit_batch_size = batch_size
         report.fit_notes = fit_notes(report.counts, batch_size, train_split, val_split, val_holdout, drop_last)
         if train_split in report.counts or FLAT_SPLIT in report.counts:
@@ -303,7 +307,7 @@ def format_report(report: CheckReport, max_per_kind: int = 10) -> str:
             checked = report.checked.get(split, total)
             note = "" if checked == total else f" ({checked} checked, --max-files {report.max_files})"
             lines.append(f"  {split:<{width}}  {total} image/label pairs{note}")
-    else:
+    elif not report.problems:  # with problems, they say why nothing was read
         lines.append("  no image/label pairs found")
 
     labelled = sum(report.class_pixels)

@@ -116,15 +116,16 @@ class AMAdapter(nn.Module):
         b, heads, n, nx = logits.shape
         hp, wp = delta.shape[2], delta.shape[3]
         delta = delta.contiguous()
-        inplace = inplace and logits.is_contiguous() and not (
-            torch.is_grad_enabled() and (logits.requires_grad or delta.requires_grad))
+        # Any strided logits will do (e.g. the exemplar half of a [self ; exemplar] buffer): the views
+        # below only split dims, which never copies.
+        inplace = inplace and not (torch.is_grad_enabled() and (logits.requires_grad or delta.requires_grad))
         if f == 1:
             grown = delta.view(b, heads, n, nx)
             return logits.add_(grown) if inplace else logits + grown
         # Each pooled entry covers an f x f x f x f neighbourhood. Grown (copied) along the exemplar
         # width only, the sum broadcasts contiguous rows of w entries over the rest; a broadcast over
         # all four dims has an innermost run of f entries (64x64, one core: 0.36 s against 0.19 s).
-        target = logits.reshape(b, heads, hp, f, wp, f, hp, f, nx // hp // f)
+        target = logits.view(b, heads, hp, f, wp, f, hp, f, nx // hp // f)
         if inplace:
             # A few pooled target rows at a time: the grown refinement stays a few MB.
             rows = max(1, (4 << 20) // max(1, delta[:, :, :1].numel() * f * delta.element_size()))
@@ -162,12 +163,15 @@ class AMAdapter(nn.Module):
             )
 
         param = next(self.parameters())
+        # Pooling and standardisation run in float32 at least: in bfloat16 the sums of a pooled
+        # neighbourhood and the centred logits keep 8 bits, too few once logits sit far from zero.
+        work = torch.promote_types(param.dtype, torch.float32)
         # Gradients from the adapter's loss must train phi only, never the attention that produced A.
         a = logits.detach().reshape(b, heads, h, w, h, w)
         # Pool before anything else copies the full-size volume: at 64x64 one (heads, N, N) copy is
         # hundreds of MB, its 4D-pooled version 16x less.
-        a = pool4d(a, factor, dtype=param.dtype)
-        c = self._pooled_cost(cost, factor, param.dtype, (b, h, w))
+        a = pool4d(a, factor, dtype=work)
+        c = self._pooled_cost(cost, factor, work, (b, h, w))
         # Logit scale varies a lot across layers and timesteps while C lies in [0, 1]; standardising A
         # per sample and head puts both inputs on one scale. The statistics are per sample: taking
         # them over the batch would let one sample change another's output (a reference-code trap).
@@ -184,7 +188,7 @@ class AMAdapter(nn.Module):
             r[..., heads].copy_(c[:, 0])
             x = r.permute(0, 5, 1, 2, 3, 4)
         else:
-            x = torch.cat([(a - mean) / (std + 1e-5), c], dim=1)
+            x = torch.cat([(a - mean) / (std + 1e-5), c], dim=1).to(param.dtype)
         layers = list(self.phi[group])
         i = 0
         while i < len(layers):

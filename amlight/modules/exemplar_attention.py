@@ -134,20 +134,60 @@ class ExemplarAttnProcessor:
     def _explicit(self, q, k, v, kx, vx, scale, mask, size, cost, ctx: ExemplarContext) -> torch.Tensor:
         # Materialises this layer's logits (B, heads, N, 2N); only one layer's exist at a time.
         # ``cost()`` gives the categorical cost of these rows (built only when the adapter needs it).
-        logits_self = torch.matmul(q, k.transpose(-1, -2)) * scale
-        logits_cross = torch.matmul(q, kx.transpose(-1, -2)) * scale
+        # Queries are scaled before the product: SD's unscaled q.k passes float16's 65504 where the
+        # scaled logits do not.
+        q = q * scale
+        n = k.shape[2]
+        if torch.is_grad_enabled():
+            logits_self = torch.matmul(q, k.transpose(-1, -2))
+            logits_cross = self._cross_logits(torch.matmul(q, kx.transpose(-1, -2)), mask, size, cost, ctx)
+            probs = torch.softmax(torch.cat([logits_self, logits_cross], dim=-1).float(), dim=-1).to(q.dtype)
+        else:
+            probs = self._probs_in_place(q, k, kx, mask, size, cost, ctx)
         read = ctx.read
-        if read.explicit_adapter:
-            logits_cross = _refined(read.adapter, self.group, logits_cross, cost(), size)
-        if ctx.strength_bias != 0.0:
-            logits_cross = logits_cross + ctx.strength_bias
-        if mask is not None:
-            logits_cross = logits_cross.masked_fill(~mask[:, None], float("-inf"))
-        probs = torch.softmax(torch.cat([logits_self, logits_cross], dim=-1).float(), dim=-1).to(q.dtype)
-        n = logits_self.shape[-1]
         if read.recorder is not None:
             read.recorder(self.name, probs[..., n:].detach(), size, ctx)
         return torch.matmul(probs[..., :n], v) + torch.matmul(probs[..., n:], vx)
+
+    def _probs_in_place(self, q, k, kx, mask, size, cost, ctx: ExemplarContext) -> torch.Tensor:
+        """The attention probabilities in one (B, heads, N, 2N) buffer, without autograd.
+
+        The self and cross logits are written into the two halves of the buffer, refined and
+        softmaxed there: the layer holds one buffer instead of self and cross halves, their
+        concatenation and its softmax (three buffers' worth).
+        """
+        b, heads, nq, d = q.shape
+        n, nx = k.shape[2], kx.shape[2]
+        logits = q.new_empty(b, heads, nq, n + nx)
+        flat, q3 = logits.view(b * heads, nq, n + nx), q.reshape(b * heads, nq, d)
+        torch.bmm(q3, k.reshape(b * heads, n, d).transpose(1, 2), out=flat[..., :n])
+        torch.bmm(q3, kx.reshape(b * heads, nx, d).transpose(1, 2), out=flat[..., n:])
+        cross = logits[..., n:]
+        refined = self._cross_logits(cross, mask, size, cost, ctx)
+        if refined is not cross:  # an adapter without an in-place ``refine``
+            cross.copy_(refined)
+        del refined
+        # Softmax in float32 (from half precision too), an eighth of the rows at a time: the float32
+        # result alive at once stays a fraction of the buffer. Contiguous chunks of (B * heads * N)
+        # rows, as softmax would copy a strided one first.
+        rows = logits.view(-1, n + nx)
+        step = max(1, -(-rows.shape[0] // 8))
+        for part in rows.split(step):
+            part.copy_(torch.softmax(part, dim=-1, dtype=torch.float32))
+        return logits
+
+    def _cross_logits(self, logits, mask, size, cost, ctx: ExemplarContext) -> torch.Tensor:
+        """The exemplar logits refined by the adapter, biased by the strength and masked; in place
+        when no graph is recorded."""
+        inplace = not torch.is_grad_enabled()
+        if ctx.read.explicit_adapter:
+            logits = _refined(ctx.read.adapter, self.group, logits, cost(), size)
+        if ctx.strength_bias != 0.0:
+            logits = logits.add_(ctx.strength_bias) if inplace else logits + ctx.strength_bias
+        if mask is not None:
+            fill = (logits.masked_fill_ if inplace else logits.masked_fill)
+            logits = fill(~mask[:, None], float("-inf"))
+        return logits
 
 
 def _refined(adapter, group: str, logits: torch.Tensor, cost: torch.Tensor, size) -> torch.Tensor:

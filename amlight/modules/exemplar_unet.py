@@ -42,6 +42,10 @@ class ExemplarUNet(nn.Module):
 
     def _run(self, latents, timesteps, labels, prompt_embeds, ctx: ExemplarContext | None) -> torch.Tensor:
         timesteps = _as_batch(timesteps, latents)
+        # Samplers keep their latents in float32 whatever the UNet's dtype (scheduler arithmetic in
+        # half precision drifts): the UNet sees its own.
+        dtype = self.unet.dtype
+        latents, prompt_embeds = latents.to(dtype), prompt_embeds.to(dtype)
         self._control = self.guidance(labels, timesteps)
         try:
             return self.unet(

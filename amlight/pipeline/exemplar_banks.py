@@ -68,7 +68,9 @@ def build_exemplar_banks(
     Costs 2 * ``steps`` batched UNet calls over the Bx exemplars, whatever the number of targets.
     """
     device, dtype = _model_device_dtype(model, exemplar_images)
-    images = exemplar_images.to(device, dtype)
+    # Encoded from float32 images, the latents come back in float32 (the VAE runs in its own dtype)
+    # and so does the inversion that starts from them.
+    images = exemplar_images.to(device).float()
     labels = exemplar_labels.to(device)
     # A VAE encoder samples its posterior: a fixed generator keeps the banks reproducible.
     latents = backbone.encode(images, generator=torch.Generator().manual_seed(seed))

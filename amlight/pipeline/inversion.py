@@ -17,6 +17,7 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from amlight.backbone import Backbone
+from amlight.pipeline.finite import check_finite
 
 
 def inverse_scheduler(backbone: Backbone, steps: int) -> DDIMInverseScheduler:
@@ -46,7 +47,8 @@ def ddim_invert(
     """The exemplar latent (B, C, h, w) carried up the noise schedule by deterministic DDIM.
 
     Returns ``trajectory`` with ``trajectory[i]`` the latent at ``DDIMScheduler.set_timesteps(steps)``'s
-    i-th timestep (sampling order: ``trajectory[0]`` is the noisiest, where sampling starts).
+    i-th timestep (sampling order: ``trajectory[0]`` is the noisiest, where sampling starts), in
+    float32 whatever the model's dtype: a half-precision trajectory drifts from the exemplar.
     ``prompt`` defaults to the empty (negative) prompt; structure guidance uses ``labels``; no bank,
     so self-attention is plain.
     """
@@ -54,7 +56,7 @@ def ddim_invert(
     device = latents.device
     if prompt is None:
         prompt = backbone.prompt_batch(batch, negative=True)
-    prompt = prompt.to(device, latents.dtype)
+    prompt = prompt.to(device)
     scheduler = inverse_scheduler(backbone, steps)
     forward_timesteps = sampling_timesteps(backbone, steps)
     if not torch.equal(scheduler.timesteps.flip(0).cpu(), forward_timesteps.cpu()):
@@ -64,12 +66,17 @@ def ddim_invert(
             f"{scheduler.timesteps.tolist()} are not the sampling timesteps reversed"
         )
     jump = scheduler.config.num_train_timesteps // steps
-    x = latents
+    x = latents.float()
     trajectory = []
-    for t in scheduler.timesteps:
+    for i, t in enumerate(scheduler.timesteps):
         # The same source timestep step() uses for its alphas, clamped where it means "clean".
-        source = max(int(t) - jump, 0)
-        out = model(x, torch.full((batch,), source, device=device, dtype=torch.long), labels, prompt)
-        x = scheduler.step(out.to(x.dtype), int(t), x).prev_sample
+        source = torch.full((batch,), max(int(t) - jump, 0), device=device, dtype=torch.long)
+
+        def output():
+            return model(x, source, labels, prompt).float()
+
+        out = output()
+        check_finite(out, f"inversion step {i + 1}/{steps} (timestep {int(source[0])})", model, output)
+        x = scheduler.step(out, int(t), x).prev_sample
         trajectory.append(x)
     return trajectory[::-1]

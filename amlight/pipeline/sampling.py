@@ -24,6 +24,7 @@ from amlight.backbone import Backbone
 from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionSettings
 from amlight.modules.exemplar_context import ExemplarRead
 from amlight.modules.exemplar_unet import Bank, ExemplarUNet
+from amlight.pipeline.finite import check_finite
 
 # bank_at(i, t): the exemplar bank of sampling step i, at timestep t.
 BankSource = Callable[[int, torch.Tensor], Bank]
@@ -52,8 +53,12 @@ def ddim_denoise(
     rows (the unconditional rows' exemplar part masked off, which is exactly plain self-attention);
     else two calls of B rows.
     ``on_unet_call(rows)``: told the number of sample rows of every UNet call.
+    The latents and the scheduler's arithmetic stay in float32 whatever the model's dtype (the model
+    sees its own dtype): returns float32 latents. A step whose output holds NaN or inf raises
+    :class:`~amlight.pipeline.finite.NonFiniteOutputError` naming the step and the layer.
     """
     n = x.shape[0]
+    x = x.float()
     cfg = guidance_scale != 1.0
     if cfg and negative_prompt is None:
         raise ValueError("classifier-free guidance needs a negative prompt")
@@ -71,17 +76,21 @@ def ddim_denoise(
             on_unet_call(rows.shape[0])
         return out
 
+    steps = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         step_read = None if read_rows is None else read_rows.at(bank_at(i, t))
-        if batched:
-            out_uncond, out = unet(torch.cat([x, x]), t, label_rows, prompt_rows, step_read).chunk(2)
-        else:
-            out = unet(x, t, label_rows, prompt_rows, step_read)
-            if cfg:
-                out_uncond = unet(x, t, labels, negative_prompt)
+
+        def outputs():
+            if batched:
+                return unet(torch.cat([x, x]), t, label_rows, prompt_rows, step_read).float().chunk(2)
+            out = unet(x, t, label_rows, prompt_rows, step_read).float()
+            return (unet(x, t, labels, negative_prompt).float() if cfg else None), out
+
+        out_uncond, out = outputs()
         if cfg:
             out = out_uncond + guidance_scale * (out - out_uncond)
-        x = scheduler.step(out.to(x.dtype), t, x).prev_sample
+        check_finite(out, f"sampling step {i + 1}/{steps} (timestep {int(t)})", model, outputs)
+        x = scheduler.step(out, t, x).prev_sample
     return x
 
 
@@ -131,12 +140,12 @@ def ddim_sample(
     scheduler.set_timesteps(steps)
     dtype = next(model.parameters()).dtype
     shape = (batch, backbone.latent_channels, height // f, width // f)
-    x = torch.randn(shape, generator=generator).to(device, dtype)
+    x = torch.randn(shape, generator=generator).to(device)
     prompt = backbone.prompt_batch(batch).to(device, dtype)
     read, bank_at = None, None
     if settings.reads_exemplar and exemplar_images is not None:
-        exemplar_latents = backbone.encode(exemplar_images.to(device, dtype))
-        exemplar_noise = torch.randn(exemplar_latents.shape, generator=generator).to(device, dtype)
+        exemplar_latents = backbone.encode(exemplar_images.to(device, dtype)).float()
+        exemplar_noise = torch.randn(exemplar_latents.shape, generator=generator).to(device)
 
         def bank_at(i: int, t: torch.Tensor) -> Bank:
             tt = t.to(device).expand(batch)

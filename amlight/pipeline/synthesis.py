@@ -21,6 +21,7 @@ from amlight.checkpoints.stage1 import load_stage1
 from amlight.modules.attention_modes import AttentionSettings
 from amlight.modules.exemplar_context import ExemplarRead
 from amlight.pipeline.exemplar_banks import ExemplarBanks, build_exemplar_banks
+from amlight.pipeline.finite import check_finite
 from amlight.pipeline.sampling import ddim_denoise
 
 
@@ -90,6 +91,27 @@ class AMPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def auto_batch_size(self, size: tuple[int, int], steps: int, attentions, cap: int) -> tuple[int, str | None]:
+        """Targets per batch that fit this device's free memory at image ``size`` (H, W), ``cap`` at
+        most, for the attention settings or mode names ``attentions``; and a note saying how it was
+        chosen. On a CPU: ``cap`` and no note."""
+        from amlight.pipeline.memory import GiB, batch_size_for, describe, free_device_memory, target_memory
+
+        free = free_device_memory(self.device)
+        if free is None:
+            return cap, None
+        adapter_reads = [a for a in map(AttentionSettings.of, attentions) if a.uses_adapter]
+        explicit = bool(adapter_reads) and self.adapter is not None
+        max_resolution = max((a.max_resolution or 0 for a in adapter_reads), default=0) or None
+        vae = self.backbone.vae
+        on_device = vae is not None and next(vae.parameters()).device == self.device
+        f = self.backbone.latent_downsample
+        per_target = target_memory(self.model, vae if on_device else None, (size[0] // f, size[1] // f), steps,
+                                   explicit, self.adapter if explicit else None, max_resolution)
+        batch = batch_size_for(free, per_target, cap)
+        return batch, (f"batch size {batch} (auto, at most {cap}): {free / GiB:.1f} GiB free on {self.device}, "
+                       f"about {describe(per_target)} at {size[0]}x{size[1]}")
 
     def reset_counters(self) -> None:
         self.unet_calls = 0
@@ -193,7 +215,7 @@ class AMPipeline:
         device, dtype = self.device, self.dtype
         n = labels.shape[0]
         shape = (1, self.backbone.latent_channels, *latent_size)
-        x = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device, dtype)
+        x = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
         read = None
         if index is not None:
             read = ExemplarRead(
@@ -207,7 +229,10 @@ class AMPipeline:
             read=read, bank_at=lambda i, t: banks.banks[i], guidance_scale=guidance_scale, batch_guidance=True,
             on_unet_call=self._count,
         )
-        return self.backbone.decode(x)
+        images = self.backbone.decode(x)
+        if self.backbone.vae is not None:
+            check_finite(images, "VAE decoding", self.backbone.vae, lambda: self.backbone.decode(x))
+        return images
 
     def _count(self, rows: int) -> None:
         self.unet_calls += 1

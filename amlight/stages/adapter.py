@@ -12,6 +12,7 @@ from amlight.modules.exemplar_context import ExemplarRead
 from amlight.pipeline.sampling import ddim_sample
 from amlight.checkpoints.files import FORMAT_VERSION, plain
 from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
+from amlight.stages.frozen_parts import place_backbone, place_module
 
 
 class AdapterStage(DenoisingStage):
@@ -61,9 +62,16 @@ class AdapterStage(DenoisingStage):
         )
         self.train_scheduler = stage1.backbone.train_scheduler()
 
+    def place_frozen(self) -> None:
+        stage1 = self.__dict__.get("stage1")
+        if stage1 is not None:  # None while __init__ builds the adapter
+            # Each part by its own tensors: the shared backbone may have been moved without this UNet.
+            place_module(stage1.model, self.device)
+            place_backbone(stage1.backbone, self.device)
+
     def frozen(self) -> Stage1Model:
-        if self.stage1.backbone.device != self.device:
-            self.stage1.to(self.device)
+        # Normally a no-op (the parts followed the module's move); here for parts someone moved since.
+        self.place_frozen()
         return self.stage1
 
     def attention_settings(self, mode: str = "adapter") -> AttentionSettings:
@@ -77,8 +85,8 @@ class AdapterStage(DenoisingStage):
     def denoising_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         s1 = self.frozen()
         bb, model = s1.backbone, s1.model
-        latents = bb.encode(batch["image"])
-        ex_latents = bb.encode(batch["exemplar_image"])
+        latents = bb.encode(batch["image"], generator)
+        ex_latents = bb.encode(batch["exemplar_image"], generator)
         batch_size = latents.shape[0]
         T = self.train_scheduler.config.num_train_timesteps
         t = random_timesteps(T, batch_size, self.device, generator)

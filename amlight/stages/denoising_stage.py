@@ -2,15 +2,34 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 
 
 class DenoisingStage(L.LightningModule):
     """Subclasses define ``denoising_loss(batch, generator=None)`` and save ``lr``, ``weight_decay``
-    and ``warmup_steps`` as hyper-parameters; every trainable parameter is optimised."""
+    and ``warmup_steps`` as hyper-parameters; every trainable parameter is optimised. Subclasses with
+    frozen parts (plain attributes, not submodules) put them in place in ``place_frozen()``."""
+
+    _train_generator: torch.Generator | None = None
+
+    def place_frozen(self) -> None:
+        """Put the frozen parts on ``self.device`` as normal (not inference) tensors; cheap when they are."""
+
+    def _apply(self, fn, *args, **kwargs):
+        module = super()._apply(fn, *args, **kwargs)
+        # Frozen parts follow the module where Lightning moves it (outside inference mode), not on first
+        # use, which may be the sanity check or trainer.validate(), both under torch.inference_mode.
+        self.place_frozen()
+        return module
+
+    def on_train_start(self) -> None:
+        # Ranks are seeded alike: drawing timesteps, noise and dropout from the global generator would
+        # give every rank the same draws. global_step: a resumed run does not replay the first draws.
+        self._train_generator = train_generator(torch.initial_seed(), self.global_rank, self.global_step)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.denoising_loss(batch)
+        loss = self.denoising_loss(batch, generator=self._train_generator)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -29,6 +48,12 @@ class DenoisingStage(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def train_generator(seed: int, rank: int, step: int = 0) -> torch.Generator:
+    """A CPU generator of the training draws for one rank: same (seed, rank, step), same draws."""
+    state = np.random.SeedSequence([seed % 2**63, rank, step]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 def randn_like(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Noise shaped like ``like``; drawn on the CPU from ``generator`` when given (reproducible anywhere)."""
     if generator is None:
@@ -40,3 +65,9 @@ def random_timesteps(high: int, n: int, device: torch.device, generator: torch.G
     if generator is None:
         return torch.randint(0, high, (n,), device=device)
     return torch.randint(0, high, (n,), generator=generator).to(device)
+
+
+def random_uniform(n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    if generator is None:
+        return torch.rand(n, device=device)
+    return torch.rand(n, generator=generator).to(device)

@@ -12,7 +12,8 @@ from amlight.modules.exemplar_context import ExemplarRead
 from amlight.modules.exemplar_unet import build_exemplar_unet
 from amlight.pipeline.sampling import ddim_sample
 from amlight.checkpoints.files import FORMAT_VERSION, plain
-from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps
+from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_timesteps, random_uniform
+from amlight.stages.frozen_parts import place_backbone
 
 Trainable = Literal["all", "attention", "guidance"]
 
@@ -77,9 +78,13 @@ class GenerationStage(DenoisingStage):
             raise ValueError(f"unknown trainable {trainable!r}; choose all, attention or guidance")
 
     # --- frozen parts follow the module's device (they are not submodules, so Lightning does not move them)
+    def place_frozen(self) -> None:
+        backbone = self.__dict__.get("backbone")
+        if backbone is not None:  # None while __init__ runs
+            place_backbone(backbone, self.device)
+
     def frozen(self) -> Backbone:
-        if self.backbone.device != self.device:
-            self.backbone.to(self.device)
+        self.place_frozen()
         return self.backbone
 
     def probe_parts(self):
@@ -99,7 +104,7 @@ class GenerationStage(DenoisingStage):
     def denoising_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         bb = self.frozen()
         hp = self.hparams
-        latents = bb.encode(batch["image"])
+        latents = bb.encode(batch["image"], generator)
         batch_size = latents.shape[0]
         T = self.train_scheduler.config.num_train_timesteps
 
@@ -109,14 +114,14 @@ class GenerationStage(DenoisingStage):
         prompt = bb.prompt_batch(batch_size).to(latents)
         read = None
         if self.uses_exemplar:
-            ex_latents = bb.encode(batch["exemplar_image"])
+            ex_latents = bb.encode(batch["exemplar_image"], generator)
             # The exemplar is noised to the same timestep as the target, with its own noise.
             ex_noisy = self.train_scheduler.add_noise(ex_latents, randn_like(ex_latents, generator), t)
             with torch.set_grad_enabled(hp.appearance_grad and torch.is_grad_enabled()):
                 bank = self.model.write_bank(ex_noisy, t, batch["exemplar_labels"], prompt)
             keep = None
             if hp.exemplar_dropout > 0 and self.training:
-                keep = torch.rand(batch_size, device=self.device) >= hp.exemplar_dropout
+                keep = random_uniform(batch_size, self.device, generator) >= hp.exemplar_dropout
             read = ExemplarRead(bank, self.attention_settings, exemplar_labels=batch["exemplar_labels"],
                                 exemplar_keep=keep)
         pred = self.model(noisy, t, batch["labels"], prompt, read)

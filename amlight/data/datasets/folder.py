@@ -11,17 +11,27 @@ the same files, so a quick experiment needs no train/val split on disk (validate
 before trusting the numbers). Sub-folders inside images/ are allowed; the label must sit at the
 same relative path in labels/.
 
-``classes.yaml``::
+``classes.yaml`` (the one file amlight reads besides the images and labels)::
+
+    names: [sky, tree, road]           # required: class names, in class-index order (alias: classes)
+    colors: [[70, 130, 180], [107, 142, 35], [128, 64, 128]]
+                                       # one [r, g, b] per name, in the same order; required for colour
+                                       # labels, optional for index labels (a default palette is used)
+    ignore_index: 255                  # optional, default 255: the label value that is not trained on
+    label_format: auto                 # optional: auto | index | color (default auto)
+    unknown_colors: error              # optional: error | ignore (values no class has)
+    ignore_color: [0, 0, 0]            # optional: the colour of ignored pixels in colour-format labels
+    name: my_streets                   # optional, default: the folder's name
+
+Index labels (single-channel PNGs whose pixel values are class ids 0, 1, 2, ...) need only the names::
 
     names: [sky, tree, road]
-    colors: [[70, 130, 180], [107, 142, 35], [128, 64, 128]]
-    ignore_index: 255        # optional, default 255
-    label_format: auto       # optional: auto | index | color
-    unknown_colors: error    # optional: error | ignore
-    ignore_color: [0, 0, 0]  # optional: the colour of ignored pixels in colour-format labels
+
+Colour labels (RGB PNGs) need the colours, one per name in the same order.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -42,7 +52,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".png",)
 CLASSES_FILE = "classes.yaml"
 _CLASSES_KEYS = {"name", "names", "colors", "ignore_index", "label_format", "unknown_colors", "ignore_color"}
-_CLASSES_EXAMPLE = "e.g.\n  names: [sky, tree]\n  colors: [[70, 130, 180], [107, 142, 35]]"
+# Other spellings a first guess is likely to use, and the key each one means.
+_CLASSES_ALIASES = {"classes": "names"}
+_CLASSES_EXAMPLE = ("e.g. `names: [sky, tree]` for index labels (pixel values 0, 1, ...), plus "
+                    "`colors: [[70, 130, 180], [107, 142, 35]]` for colour labels")
 _MAX_LISTED = 5
 
 
@@ -202,23 +215,47 @@ def _read_classes_yaml(path: Path) -> tuple[DatasetMetadata, dict]:
         return DataFileError(path, problem, fix, kind="dataset layout")
 
     if not isinstance(data, dict):
-        raise bad(f"must be a mapping with keys names and colors, found {type(data).__name__}")
-    unknown = sorted(set(map(str, data)) - _CLASSES_KEYS)
+        raise bad(f"must be a mapping with the key names (and colors for colour labels), found {type(data).__name__}")
+    data = {str(k): v for k, v in data.items()}
+    for alias, key in _CLASSES_ALIASES.items():
+        if alias in data:
+            if key in data:
+                raise bad(f"both {key!r} and {alias!r} are given", f"Keep one of them ({alias!r} is another name for {key!r})")
+            data[key] = data.pop(alias)
+    unknown = sorted(set(data) - _CLASSES_KEYS)
     if unknown:
-        raise bad(f"unknown key(s) {', '.join(unknown)}", f"Allowed keys: {', '.join(sorted(_CLASSES_KEYS))}")
-    for key in ("names", "colors"):
-        if key not in data:
-            raise bad(f"missing key {key!r}")
+        allowed = sorted(_CLASSES_KEYS | set(_CLASSES_ALIASES))
+        guesses = [f"{key} -> {close[0]}" for key in unknown
+                   for close in [difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)] if close]
+        raise bad(f"unknown key(s) {', '.join(unknown)}" + (f" (did you mean {', '.join(guesses)}?)" if guesses else ""),
+                  f"Allowed keys: {', '.join(allowed)}; {_CLASSES_EXAMPLE}")
+    if "names" not in data:
+        raise bad("missing key 'names' (the class names, in class-index order)")
     names = data["names"]
+    if isinstance(names, dict) and names and sorted(names, key=str) == sorted(range(len(names)), key=str):
+        names = [names[i] for i in range(len(names))]  # {0: sky, 1: tree}, as YOLO writes them
     if not isinstance(names, list) or not names:
-        raise bad("'names' must be a non-empty list of class names")
+        raise bad("'names' must be a non-empty list of class names, in class-index order")
     names = [str(n) for n in names]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise bad(f"duplicate class name(s): {', '.join(duplicates)}", "Each class needs its own name")
-    colors = [_parse_color(c, f"colors[{i}]", bad) for i, c in enumerate(_as_list(data["colors"], "colors", bad))]
-    if len(colors) != len(names):
-        raise bad(f"{len(names)} names but {len(colors)} colors", "Give exactly one [r, g, b] colour per class name")
+    label_format = data.get("label_format", "auto")
+    if label_format not in LABEL_FORMATS:
+        raise bad(f"label_format must be one of {', '.join(LABEL_FORMATS)}, got {label_format!r}", "")
+    if data.get("colors") is not None:
+        colors = [_parse_color(c, f"colors[{i}]", bad) for i, c in enumerate(_as_list(data["colors"], "colors", bad))]
+        if len(colors) != len(names):
+            raise bad(f"{len(names)} names but {len(colors)} colors", "Give exactly one [r, g, b] colour per class name")
+    elif label_format == "color":
+        raise bad("label_format is color but no 'colors' are given",
+                  "Colour labels are decoded by their colours: give one [r, g, b] per class name, e.g. "
+                  "colors: [[70, 130, 180], [107, 142, 35]]")
+    else:
+        # Index labels: the colours only draw label maps (sample grids, data check); without any, a
+        # default palette. Colour files cannot be read against colours nobody chose, so labels are index.
+        colors = default_palette(len(names))
+        label_format = "index"
 
     ignore_index = data.get("ignore_index", 255)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
@@ -227,11 +264,7 @@ def _read_classes_yaml(path: Path) -> tuple[DatasetMetadata, dict]:
         raise bad(f"ignore_index {ignore_index} is class {names[ignore_index]!r}",
                   f"Use a value outside 0..{len(names) - 1}, usually 255")
 
-    settings: dict = {}
-    label_format = data.get("label_format", "auto")
-    if label_format not in LABEL_FORMATS:
-        raise bad(f"label_format must be one of {', '.join(LABEL_FORMATS)}, got {label_format!r}", "")
-    settings["label_format"] = label_format
+    settings: dict = {"label_format": label_format}
     unknown_colors = data.get("unknown_colors", "error")
     if unknown_colors not in UNKNOWN_COLOR_POLICIES:
         raise bad(f"unknown_colors must be one of {', '.join(UNKNOWN_COLOR_POLICIES)}, got {unknown_colors!r}", "")
@@ -250,6 +283,22 @@ def _read_classes_yaml(path: Path) -> tuple[DatasetMetadata, dict]:
 
     name = str(data.get("name") or path.parent.resolve().name or "folder")
     return DatasetMetadata(name, tuple(names), tuple(colors), ignore_index), settings
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct colours for classes that ``classes.yaml`` gives no colours: the PASCAL VOC colour map
+    (bit-interleaved, so every class gets its own colour), starting past its black."""
+    colors = []
+    for index in range(1, num_classes + 1):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colors.append((r, g, b))
+    return colors
 
 
 def _as_list(value, key: str, bad) -> list:
