@@ -28,6 +28,19 @@ def int_at_least(low: int):
     return parse
 
 
+def auto_or_int_at_least(low: int):
+    """An argparse type: ``auto`` or an integer >= ``low``."""
+    def parse(text: str):
+        if text == "auto":
+            return text
+        try:
+            return int_at_least(low)(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected auto or an integer >= {low}, got {text!r}") from None
+
+    return parse
+
+
 def non_negative_float(text: str) -> float:
     """An argparse type: a number >= 0 (NaN refused)."""
     try:

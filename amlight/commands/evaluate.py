@@ -28,8 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code, int_at_least, non_negative_float
-from amlight.commands.generate import auto_or_int_at_least
+from amlight.commands import parse_or_exit_code, int_at_least, auto_or_int_at_least, non_negative_float
 
 PROG = "amlight evaluate"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130

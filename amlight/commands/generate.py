@@ -37,7 +37,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code, int_at_least, non_negative_float
+from amlight.commands import parse_or_exit_code, int_at_least, auto_or_int_at_least, non_negative_float
 
 PROG = "amlight generate"
 # amlight.modules.attention_modes.ATTENTION_MODES, alphabetical (adapter first): the parser cannot import
@@ -47,19 +47,6 @@ MODES = ("adapter", "augmented", "hard_mask", "structure_only")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 AUTO_BATCH_CAP = 8
-
-
-def auto_or_int_at_least(low: int):
-    """An argparse type: ``auto`` or an integer >= ``low``."""
-    def parse(text: str):
-        if text == "auto":
-            return text
-        try:
-            return int_at_least(low)(text)
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"expected auto or an integer >= {low}, got {text!r}") from None
-
-    return parse
 
 
 class GenerateError(ValueError):
