@@ -99,3 +99,18 @@ def test_device_comparison_spells_out_the_index():
     assert not same_device("cuda", f"cuda:{current + 1}")
     assert not same_device("cuda:0", "cpu")
     assert normalise_device("meta") == torch.device("meta", 0)
+
+
+def test_a_pipeline_cast_under_inference_mode_leaves_the_shared_stage1_trainable(tmp_path):
+    """AMPipeline.from_checkpoints casts the process-wide stage-1 model; done under inference mode (a
+    predict before a fit), that cast must not turn the shared weights into inference tensors."""
+    from conftest import save_stage1_checkpoint
+
+    from amlight.checkpoints.stage1 import load_stage1
+    from amlight.pipeline import AMPipeline
+
+    path = save_stage1_checkpoint(tmp_path / "own_stage1.ckpt", num_classes=5)
+    with torch.inference_mode():
+        AMPipeline.from_checkpoints(path, dtype=torch.float64)
+    stage1 = load_stage1(path)
+    assert not any(p.is_inference() for p in stage1.model.parameters())

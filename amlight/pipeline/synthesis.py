@@ -55,12 +55,14 @@ class AMPipeline:
         this process, so the cast and move apply to them too.
         """
         stage1 = load_stage1(stage1_path)
-        if device is not None or dtype is not None:
-            target = torch.device(device) if device is not None else stage1.backbone.device
-            stage1.model.to(device=target, dtype=dtype)
-            stage1.backbone.to(target, dtype)
-        if offload_vae and stage1.backbone.vae is not None:
-            stage1.backbone.vae.to("cpu")
+        # Shared with training stages: a move under inference mode would make its weights inference tensors.
+        with torch.inference_mode(False):
+            if device is not None or dtype is not None:
+                target = torch.device(device) if device is not None else stage1.backbone.device
+                stage1.model.to(device=target, dtype=dtype)
+                stage1.backbone.to(target, dtype)
+            if offload_vae and stage1.backbone.vae is not None:
+                stage1.backbone.vae.to("cpu")
         adapter = None
         if adapter_path is not None:
             adapter = load_adapter(adapter_path, stage1)
