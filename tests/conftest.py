@@ -109,3 +109,22 @@ def make_batch(n=2, size=16, classes=5, seed=0):
         "exemplar_image": torch.rand(n, 3, size, size, generator=g) * 2 - 1,
         "exemplar_labels": labels.flip(-1),
     }
+
+
+@pytest.fixture
+def classes_yaml_error(tmp_path):
+    """``error(text)``: write ``text`` as a folder dataset's classes.yaml and return the one error that
+    ``load_classes_yaml`` raises for it, after checking that the message names the file."""
+    from amlight.data.datasets.folder import load_classes_yaml
+    from amlight.data.io import DataFileError
+
+    def error(text: str) -> str:
+        path = tmp_path / "classes.yaml"
+        path.write_text(text)
+        with pytest.raises(DataFileError) as info:
+            load_classes_yaml(path)
+        message = str(info.value)
+        assert str(path) in message, message
+        return message
+
+    return error

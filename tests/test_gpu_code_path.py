@@ -33,9 +33,9 @@ SD15_ARCHITECTURE_NARROW = {
     "text_encoder": {**SD15_TEXT_CONFIG, "vocab_size": 600, "intermediate_size": 768, "num_hidden_layers": 1},
 }
 SIZE, CLASSES = 64, 19
-# 1, not the shipped 2, until conv4d.py avoids a PyTorch CPU bf16 bug (see the fit below);
-# AMLIGHT_GPU_PATH_TRAIN_BATCH=2 shows it.
-TRAIN_BATCH = int(os.environ.get("AMLIGHT_GPU_PATH_TRAIN_BATCH", "1"))
+# The shipped stage-2 batch. It needs conv4d.py's fp32 detour for the CPU's bf16 conv3d (see the fit
+# below); AMLIGHT_GPU_PATH_TRAIN_BATCH overrides it.
+TRAIN_BATCH = int(os.environ.get("AMLIGHT_GPU_PATH_TRAIN_BATCH", "2"))
 # configs/sd15/cityscapes/stage2.yaml's adapter and settings, with the pooling threshold scaled with
 # the image: at 512 px the 64x64 layers pool in 4D to 32x32; here the 8x8 layers pool to 4x4.
 ADAPTER = dict(adapter_channels=16, adapter_layers=3, max_resolution=4, checkpoint_attention=True)
@@ -128,9 +128,9 @@ def rehearsal(tmp_path_factory):
             default_root_dir=root / "stage2", enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, callbacks=[sample_grid],
         )
-        # Training batch 1, not the shipped 2: on the CPU, oneDNN's bf16 conv3d weight gradient is NaN for
-        # the 2x2 layers of a 64 px image at batch >= 2 (a PyTorch CPU kernel bug, not CUDA's path;
-        # tests/test_gpu_code_path_cpu_bf16.py). Validation and sampling (no backward) run batch 2.
+        # Training batch 2: on the CPU, oneDNN's bf16 conv3d weight gradient is NaN for the 2x2 layers of a
+        # 64 px image at batch >= 2 (a PyTorch CPU kernel bug, not CUDA's path), so conv4d.py computes the
+        # CPU's bf16 4D conv in fp32 (tests/test_gpu_code_path_cpu_bf16.py, tests/test_conv4d_cpu_half.py).
         trainer.fit(stage, train_dataloaders=DataLoader(_Pairs(), batch_size=TRAIN_BATCH),
                     val_dataloaders=DataLoader(_Pairs(), batch_size=2))
         del stage.generate

@@ -4,7 +4,7 @@ Found by tests/test_gpu_code_path.py: with torch 2.14's CPU build, oneDNN's bf16
 for a (3, 3, 1) kernel is NaN or garbage when the input's first two spatial dims are 2x2 and the batch
 is 2 or more: exactly the target conv of ``center_pivot_views`` on the 2x2 layers of SD 1.5 at 64 px.
 The exemplar conv's (1, 3, 3) kernel, conv2d, fp32 and the batch-1 case are right; CUDA runs cuDNN.
-The fix belongs in amlight/modules/conv4d.py (e.g. compute the CPU's reduced-precision case in fp32).
+amlight/modules/conv4d.py computes the CPU's bf16 / fp16 case in fp32 (tests/test_conv4d_cpu_half.py).
 """
 import pytest
 import torch
@@ -22,8 +22,6 @@ def _weight_grads(conv, x, upstream, dtype):
     return {n: p.grad.float().clone() for n, p in conv.named_parameters()}
 
 
-@pytest.mark.xfail(strict=True, reason="PyTorch CPU oneDNN bf16 conv3d weight gradient on 2x2 inputs at batch >= 2; "
-                   "fix proposed for amlight/modules/conv4d.py (issue 17, item 10)")
 @pytest.mark.parametrize("batch", [2, 3])
 def test_generic_4d_conv_weight_gradients_in_bf16_autocast_match_fp32_on_2x2_layers(batch):
     torch.manual_seed(0)
@@ -42,7 +40,7 @@ def test_generic_4d_conv_weight_gradients_in_bf16_autocast_match_fp32_on_2x2_lay
 
 
 def test_the_same_conv_is_right_at_batch_1_and_on_larger_layers():
-    """Where the bug is not: what the xfail above isolates."""
+    """Where the PyTorch bug is not: what the test above isolates (raw conv3d, no amlight fix)."""
     torch.manual_seed(0)
     for batch, side in ((1, 2), (2, 3), (2, 4)):
         x = torch.randn(batch, 9, side, side, side * side).bfloat16().requires_grad_()

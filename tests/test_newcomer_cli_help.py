@@ -81,3 +81,37 @@ def test_compact_args_blocks_become_one_entry_per_argument():
         "c": "(c / d) another.", "d": "(c / d) another.", "e": "alone."}
     assert doc.short_description == " ".join(inspect.cleandoc(__doc__).split("\n\n")[0].split())  # the module's
     assert Example.__doc__.startswith("Args:")  # the class itself is left as written
+
+
+def _descriptions(help_out: str, prefix: str) -> dict[str, str]:
+    """{argument: its description} from argparse's help: each ``  --prefix.NAME ...`` entry, less its
+    invocation (flags and metavars) and the ``(type: ..., default: ...)`` that jsonargparse appends."""
+    entries: dict[str, list[str]] = {}
+    name = None
+    for line in help_out.splitlines():
+        match = re.match(rf"^  {re.escape(prefix)}\.(\w+)\b", line)
+        if match:
+            name = match.group(1)
+            # the invocation ends where argparse's column gap starts (or the line ends: text on the next)
+            entries[name] = re.split(r"\s{2,}", line.strip(), maxsplit=1)[1:]
+        elif name and line.startswith(" " * 4) and line.strip():
+            entries[name].append(line.strip())
+        else:
+            name = None
+    return {n: re.split(r"\((?:required, )?type:", " ".join(text))[0].strip() for n, text in entries.items()}
+
+
+@pytest.mark.parametrize("option, name, cls", [
+    ("--model.help", "GenerationStage", "amlight.stages.GenerationStage"),
+    ("--model.help", "AdapterStage", "amlight.stages.AdapterStage"),  # lr & co. from DenoisingStage's docstring
+    ("--data.help", "ExemplarPairDataModule", "amlight.data.ExemplarPairDataModule"),
+])
+def test_every_argument_has_a_description(capsys, option, name, cls):
+    import importlib
+
+    module, _, attr = cls.rpartition(".")
+    arguments = [p for p in inspect.signature(getattr(importlib.import_module(module), attr)).parameters if p != "self"]
+    described = _descriptions(help_text(capsys, option, name), option.split(".")[0])
+    assert sorted(described) == sorted(arguments)  # the help lists every argument, nothing else
+    missing = [a for a in arguments if not re.search(r"[a-z]{3}", described[a])]
+    assert not missing, f"{name}: no description for {', '.join(missing)}"

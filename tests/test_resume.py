@@ -55,7 +55,9 @@ def test_a_truncated_ckpt_path_is_one_line():
 
 
 def _config(stage: str, tmp_path: Path, steps: int, stage1: Path | None = None) -> Path:
-    """The quickstart config, shrunk: a checkpoint every 3 steps, no validation, tiny model and data."""
+    """The quickstart config, shrunk: a checkpoint every 3 steps, tiny model and data, no sample grids. The
+    interval (1000) is past the run's end, so each run validates once, at its last step (lightning_cli's
+    _ValidateAtLastStep), on 2 samples; the killed first run never gets there."""
     cfg = yaml.safe_load((REPO / f"configs/quickstart/{stage}.yaml").read_text())
     cfg["trainer"].update(max_steps=steps, val_check_interval=1000, enable_progress_bar=False, log_every_n_steps=1)
     cfg["trainer"]["callbacks"] = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]

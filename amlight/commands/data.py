@@ -6,6 +6,7 @@ and unknown datasets.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -73,8 +74,20 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_PROBLEMS
         print(f"{parser.prog} check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(format_report(report))
+    _print_report(format_report(report))
     return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _print_report(text: str) -> None:
+    """Print the report; a reader that stops early (``data check DIR | head -1``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit and would print a traceback there: send what is left
+        # to /dev/null instead. The exit status stays the check's.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -24,23 +24,33 @@ class ExemplarPairDataModule(L.LightningDataModule):
             is an error naming both.
         root: where a named dataset lives (default: the dataset's registered default, e.g. data/synthetic).
         resolution: training size, an int (square) or [height, width]. Labels are resized with nearest only.
+        batch_size: training batch size (per process in a multi-GPU run).
+        val_batch_size: validation batch size (default: batch_size).
+        num_workers: DataLoader worker processes (0: load in the main process).
+        train_split / val_split: the dataset's split names read for training and validation.
         train_pairing / val_pairing: self | random | listed (see amlight.data.pairing).
+        train_pairs_file: pairs JSON for listed training (train_pairing: listed); default
+            ``<root>/<train_split>/pairs.json``.
         val_pairs_file: pairs JSON for listed validation; default ``<root>/<val_split>/pairs.json`` if it exists,
             else validation uses self-pairs, and fit's log says so (``val_pairing_note``).
         dataset_options: keyword arguments of the dataset's builder, e.g. ``{strict: false}`` (keep the paired
             scenes of a split with unpaired files; fit's log counts the files dropped) or, for cityscapes,
             ``{annotations: coarse}`` (read gtCoarse).
+        scale: training augmentation: each view of a pair is a random resized crop covering this range
+            (min, max) of the image's area (validation resizes and centre-crops only).
+        hflip: training augmentation: flip each view of a pair horizontally half of the time.
         synthetic: generator parameters when dataset is "synthetic": the data is generated on first use.
         max_val_samples: cap on validation items (validation renders samples, which costs time on a CPU).
         val_holdout: when the dataset has split folders but no ``val_split`` (a folder dataset with only
             train/), this share of the train scenes (at least one) is held out for validation instead, the
             same scenes on every run (drawn with ``seed``); 0 makes a missing val split an error.
+        seed: the draws of random pairing (each target's exemplar) and of the held-out validation slice.
         drop_last: drop the last incomplete training batch (default). A train split with fewer pairs
             than ``batch_size`` then gives no batch at all, which ``setup`` reports as an error.
         predict_split / predict_pairing / predict_pairs_file / max_predict_samples: the pairs ``predict``
             generates (``python -m amlight predict``; default: the listed pairs of
-            ``<root>/<predict_split>/pairs.json``, all of them), unaugmented; batches of
-            ``predict_batch_size`` (default: val_batch_size, then batch_size).
+            ``<root>/<predict_split>/pairs.json``, all of them), unaugmented.
+        predict_batch_size: batch size of ``predict`` (default: val_batch_size, then batch_size).
     """
 
     def __init__(

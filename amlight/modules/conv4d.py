@@ -58,8 +58,39 @@ class CenterPivotConv4d(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
 
 
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _cpu_half_result_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the conv would give where the CPU would compute it in bf16 / fp16, else None.
+
+    On the CPU, oneDNN's bf16 conv3d weight gradient is NaN or garbage for the target conv when
+    (h1, w1) is 2x2 and the batch is 2 or more (torch 2.14.1; tests/test_gpu_code_path_cpu_bf16.py),
+    exactly SD 1.5's 2x2 layers at 64 px. CUDA (cuDNN) is right and keeps its half-precision convs.
+    """
+    if x.device.type != "cpu":
+        return None
+    if torch.is_autocast_enabled("cpu") and x.dtype in (torch.float32, *_HALF):
+        return torch.get_autocast_dtype("cpu")  # what autocast's conv3d would have returned
+    return x.dtype if x.dtype in _HALF else None
+
+
 def center_pivot_views(x: torch.Tensor, wt: torch.Tensor, we: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The center-pivot conv as two conv3d on views of a channels-first volume (CUDA, bf16, no oneDNN)."""
+    """The center-pivot conv as two conv3d on views of a channels-first volume (CUDA, bf16, no oneDNN).
+
+    On the CPU, a bf16 / fp16 call (by dtype or by CPU autocast) runs in fp32 with autocast off and
+    casts back: the CPU's bf16 conv3d has a wrong weight gradient on 2x2 layers (see above). Only
+    CPU rehearsals of the GPU's path run this way, so the fp32 copies cost no GPU memory.
+    """
+    half = _cpu_half_result_dtype(x)
+    if half is not None:
+        with torch.autocast("cpu", enabled=False):
+            y = _center_pivot_views(x.float(), wt.float(), we.float(), bias.float())
+        return y.to(half)
+    return _center_pivot_views(x, wt, we, bias)
+
+
+def _center_pivot_views(x: torch.Tensor, wt: torch.Tensor, we: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     b, c, h1, w1, h2, w2 = x.shape
     co, pad = wt.shape[0], wt.shape[-1] // 2

@@ -9,7 +9,15 @@ import torch
 class DenoisingStage(L.LightningModule):
     """Subclasses define ``denoising_loss(batch, generator=None)`` and save ``lr``, ``weight_decay``
     and ``warmup_steps`` as hyper-parameters; every trainable parameter is optimised. Subclasses with
-    frozen parts (plain attributes, not submodules) put them in place in ``place_frozen()``."""
+    frozen parts (plain attributes, not submodules) put them in place in ``place_frozen()``.
+
+    Both stages' optimiser arguments, described once here (jsonargparse reads base classes' docstrings
+    for ``fit --model.help``):
+
+    Args:
+        lr, weight_decay: AdamW's learning rate and weight decay, for the trainable parameters.
+        warmup_steps: linear learning-rate warm-up over this many steps (from lr / warmup_steps to lr).
+    """
 
     _train_generator: torch.Generator | None = None
 

@@ -22,6 +22,10 @@ class GenerationStage(DenoisingStage):
     """Args:
         num_classes, ignore_index: of the label maps (the CLI links them from the DataModule).
         backbone, backbone_path, backbone_options, prompt, seed: which frozen backbone (see amlight.backbone).
+        guidance_channels: width of the structure-guidance conv net that reads the one-hot label map (more
+            channels: more weights and memory).
+        guidance_scale: weight of the guidance output (brought to the UNet features' mean and std) added to
+            the UNet's features right after conv_in.
         trainable: "all" (UNet + guidance), "attention" (guidance + the UNet's attention blocks), "guidance".
         attention: how the generation branch reads the exemplar while training; "structure_only" trains
             without the exemplar branch.
@@ -29,6 +33,7 @@ class GenerationStage(DenoisingStage):
         exemplar_dropout: share of samples trained without the exemplar, so that classifier-free guidance
             has an unconditional (no exemplar) prediction to push away from.
         appearance_grad: let gradients flow through the appearance branch (slower; the bank learns too).
+        gradient_checkpointing: recompute the UNet's activations in the backward pass: less memory, slower steps.
         sample_steps, sample_guidance_scale: the DDIM sampler of validation grids.
     """
 

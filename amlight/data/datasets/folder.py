@@ -45,6 +45,7 @@ from amlight.data.io import (
     check_pair,
     load_image,
     load_labels,
+    raise_if_unpaired,
 )
 from amlight.data.registry import DatasetMetadata, Scene, register_dataset
 
@@ -56,7 +57,6 @@ _CLASSES_KEYS = {"name", "names", "colors", "ignore_index", "label_format", "unk
 _CLASSES_ALIASES = {"classes": "names"}
 _CLASSES_EXAMPLE = ("e.g. `names: [sky, tree]` for index labels (pixel values 0, 1, ...), plus "
                     "`colors: [[70, 130, 180], [107, 142, 35]]` for colour labels")
-_MAX_LISTED = 5
 
 
 class FolderSource:
@@ -432,27 +432,15 @@ def pair_files(
     labels_dir: Path,
     strict: bool = True,
 ) -> tuple[list[Scene], list[DataFileError]]:
-    """Scenes for the keys present on both sides, sorted by key.
+    """Scenes for the keys present on both sides, sorted by key, and one problem per unpaired file.
 
-    Unpaired files raise one :class:`DataFileError` listing up to five of them and the counts
-    (``strict``), or come back as one problem per unpaired file (``strict=False``).
+    ``strict``: unpaired files raise :func:`~amlight.data.io.raise_if_unpaired`'s one error (counts,
+    examples, the paired scenes and the ``strict: false`` switch that would keep them), the same
+    message as the official datasets'; an empty split raises. Datasets that name their files
+    differently pass ``strict=False`` and call it themselves with their own words.
     """
     missing_labels = sorted(set(images) - set(labels))
     missing_images = sorted(set(labels) - set(images))
-    if strict and (missing_labels or missing_images):
-        parts = []
-        if missing_labels:
-            parts.append(f"{len(missing_labels)} image(s) have no label in {labels_dir} "
-                         f"(e.g. {_listing(missing_labels)})")
-        if missing_images:
-            parts.append(f"{len(missing_images)} label(s) have no image in {images_dir} "
-                         f"(e.g. {_listing(missing_images)})")
-        raise DataFileError(
-            images_dir.parent,
-            f"{'; '.join(parts)} ({len(images)} images, {len(labels)} labels)",
-            "Every image needs a label with the same name (and vice versa); add or remove the files listed",
-            kind="missing partner file",
-        )
     problems = [
         DataFileError(images[k], f"image has no label (looked in {labels_dir})",
                       "Add the label or remove the image", kind="missing partner file")
@@ -465,16 +453,10 @@ def pair_files(
     if not images and not labels:
         empty = DataFileError(images_dir, "no image files found (.png, .jpg, .jpeg)",
                               "Put the images there", kind="dataset layout")
-        if strict:
-            raise empty
         problems.append(empty)
     scenes = [Scene(k, images[k], labels[k]) for k in sorted(set(images) & set(labels))]
+    raise_if_unpaired(problems, scenes, images_dir, labels_dir, strict)
     return scenes, problems
-
-
-def _listing(keys: Sequence[str]) -> str:
-    text = ", ".join(keys[:_MAX_LISTED])
-    return text + (f", ... ({len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
 
 
 def build_folder(
