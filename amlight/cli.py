@@ -19,6 +19,7 @@ OWN_COMMANDS = {
     "synth": ("amlight.commands.synth", "render the synthetic driving scenes (the offline default data)"),
     "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
     "probe": ("amlight.commands.probe", "same-class attention mass per mode on validation pairs"),
+    "export": ("amlight.commands.export", "write a stage-1 checkpoint (+ adapter) as a diffusers pipeline folder to share"),
     "export-adapter": ("amlight.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
     "generate": ("amlight.commands.generate", "draw target label maps in exemplars' appearance (pairs, all pairs, retrieval)"),
     "retrieve": ("amlight.commands.retrieve", "rank a database's exemplars for target label maps (class coverage + layout)"),

@@ -1,8 +1,10 @@
 """Log where target regions attend in the exemplar, per attention mode, while a stage trains.
 
-Panel per sample and layer: one row per query point (one per target class, deep inside its region);
-columns: target labels with the point | the exemplar attention of that point, one column per mode |
-the exemplar pixels of the point's class (what a perfect match would light up). Scalars: the share of
+Panel per sample and layer (amlight.apps.attention_panel, the notebook's and the app's rendering): one
+row per query point (one per target class, deep inside its region, labelled with the class); columns,
+each with its header: target labels with the point | the exemplar attention of that point, one column
+per mode | the exemplar pixels of the point's class (what a perfect match would light up); a title with
+the layer, its token grid and the timestep. Tag: ``attention/<layer>_<h>x<w>_t<timestep>/sample<i>``. Scalars: the share of
 exemplar attention that lands on the same class, and the share of all attention spent on the exemplar.
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ from amlight.apps.attention_probe import (
     probe_attention,
     short_layer_name,
 )
-from amlight.visualize import colorize, column_grid, save_png
+from amlight.apps.attention_panel import attention_panel, panel_tag, panel_title, tag_layer_name, to_chw
+from amlight.visualize import colorize, save_png
 from amlight.callbacks.precision import trainer_precision
 from amlight.callbacks.run_dir import run_dir
 
@@ -41,7 +44,7 @@ class AttentionMaps(L.Callback):
         timestep: noise level of the probe (0..T-1; the attention pattern changes a lot with it).
         max_points: query points (classes) per sample.
         upscale: nearest-neighbour zoom of the panels.
-        save_png: also write ``<log_dir>/attention/step_XXXXXX_<layer>_s<i>.png``.
+        save_png: also write ``<log_dir>/attention/step_XXXXXX_<layer>_<h>x<w>_t<timestep>_s<i>.png``.
 
     Scalars (over the probed layers and samples): ``attention/same_class_mass/<mode>`` and
     ``attention/exemplar_share/<mode>``.
@@ -70,6 +73,7 @@ class AttentionMaps(L.Callback):
         self._batch: dict | None = None
         self._last_train_step = -1
         self._warned: set[str] = set()
+        self._sizes: dict[str, tuple[int, int]] = {}
         self.last_paths: list[Path] = []
         self.last_scalars: dict[str, float] = {}
 
@@ -118,7 +122,7 @@ class AttentionMaps(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 for (layer, i), panel in panels.items():
-                    logger.experiment.add_image(f"attention/{short_layer_name(layer)}/sample{i}", panel, step)
+                    logger.experiment.add_image(panel_tag(layer, self._sizes[layer], self.timestep, i), panel, step)
             if scalars:
                 # The logger's own API: pl_module.log is not allowed in every hook this runs from.
                 logger.log_metrics(scalars, step)
@@ -126,7 +130,8 @@ class AttentionMaps(L.Callback):
         if self.save and run_dir(trainer) is not None:
             folder = run_dir(trainer) / "attention"
             for (layer, i), panel in panels.items():
-                name = f"step_{step:06d}_{short_layer_name(layer)}_s{i}.png"
+                h, w = self._sizes[layer]
+                name = f"step_{step:06d}_{tag_layer_name(layer)}_{h}x{w}_t{self.timestep}_s{i}.png"
                 self.last_paths.append(save_png(panel, folder / name))
 
     def _modes(self, adapter) -> list[str]:
@@ -161,21 +166,25 @@ class AttentionMaps(L.Callback):
             self._warn_once("layers", f"AttentionMaps: layers {sorted(set(layers) - set(recorded))} do not read the "
                                       "exemplar bank (attention_blocks) and are not shown")
         panels = {}
+        self._sizes = {layer: results[modes[0]].size[layer] for layer in recorded}
+        names = metadata.class_names if metadata is not None else None
         target_colours = colorize(batch["labels"], metadata)
         for i in range(batch["labels"].shape[0]):
             points = choose_query_points(batch["labels"][i], model.ignore_index, max_points=self.max_points)
             if not points:
                 continue
             exemplar = batch["exemplar_image"][i]
+            rows = [names[c] if names is not None and 0 <= c < len(names) else f"class {c}" for _, _, c in points]
+            target = torch.stack([draw_marker(target_colours[i], (r, c)) for r, c, _ in points])
             for layer in recorded:
-                columns = [torch.stack([draw_marker(target_colours[i], (r, c)) for r, c, _ in points])]
-                for mode in modes:
-                    columns.append(torch.stack([
-                        heatmap_overlay(exemplar, results[mode].attention_map(layer, i, (r, c))) for r, c, _ in points
-                    ]))
+                heat = {mode: torch.stack([
+                    heatmap_overlay(exemplar, results[mode].attention_map(layer, i, (r, c))) for r, c, _ in points
+                ]) for mode in modes}
                 any_result = results[modes[0]]
-                columns.append(torch.stack([
+                same = torch.stack([
                     heatmap_overlay(exemplar, any_result.cost_map(layer, i, (r, c)).float()) for r, c, _ in points
-                ]))
-                panels[(layer, i)] = column_grid(columns, upscale=self.upscale)
+                ])
+                picture = attention_panel(target, heat, same, row_labels=rows, upscale=self.upscale,
+                                          title=panel_title(layer, self._sizes[layer], self.timestep))
+                panels[(layer, i)] = to_chw(picture)
         return panels, scalars

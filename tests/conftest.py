@@ -128,3 +128,12 @@ def classes_yaml_error(tmp_path):
         return message
 
     return error
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (restored after): tiny models gain nothing from a second one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

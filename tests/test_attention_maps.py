@@ -1,7 +1,9 @@
+import re
 import warnings
 
 import lightning as L
 import pytest
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -216,24 +218,38 @@ def test_callback_logs_panels_and_scalars_and_restores_modes(tmp_path):
                           val_check_interval=2, num_sanity_val_steps=1)
     assert shared["restored"] == [True, True] and shared["training"] == [True, True]
 
+    from amlight.apps.attention_panel import panel_tag, tag_layer_name
+
     layers = default_probe_layers(stage.model.self_attention_layers)
+    sizes = maps._sizes
+    assert set(sizes) == set(layers)
     pngs = sorted(p.name for p in (tmp_path / "lightning_logs" / "version_0" / "attention").glob("*.png"))
-    expected = {f"step_{s:06d}_{short_layer_name(layer)}_s{i}.png" for s in (1, 2) for layer in layers for i in (0, 1)}
+    expected = {f"step_{s:06d}_{tag_layer_name(layer)}_{sizes[layer][0]}x{sizes[layer][1]}_t500_s{i}.png"
+                for s in (1, 2) for layer in layers for i in (0, 1)}
     assert set(pngs) == expected
     assert maps.last_paths and all(p.exists() for p in maps.last_paths)
 
     events = EventAccumulator(trainer.log_dir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     images = set(events.Tags()["images"])
-    assert {f"attention/{short_layer_name(layer)}/sample{i}" for layer in layers for i in (0, 1)} <= images
+    # Tags say what they show: layer, its token grid and the timestep (no bare 'up1_a1_t0').
+    tags = {panel_tag(layer, sizes[layer], 500, i) for layer in layers for i in (0, 1)}
+    assert tags <= images
+    assert all(re.fullmatch(r"attention/(down|mid|up)\w*_\d+x\d+_t500/sample\d", t) for t in tags)
     scalars = set(events.Tags()["scalars"])
     for mode in ("augmented", "hard_mask"):
         assert {f"attention/same_class_mass/{mode}", f"attention/exemplar_share/{mode}"} <= scalars
     hard = events.Scalars("attention/same_class_mass/hard_mask")
     assert all(e.value == pytest.approx(1.0, abs=1e-5) for e in hard)
-    # The panel: 3 query points (rows) x [labels | augmented | hard_mask | cost] columns of 16 px, pad 2.
-    image = events.Images(f"attention/{short_layer_name(layers[0])}/sample0")[-1]
-    assert (image.height, image.width) == (2 + 3 * 18, 2 + 4 * 18)
+    # The panel (the notebook's rendering): 3 query points (rows) x [labels | augmented | hard_mask | cost]
+    # columns under headers and a title line, so taller than the bare 2 + 3 * 18 px grid and with text.
+    image = events.Images(panel_tag(layers[0], sizes[layers[0]], 500, 0))[-1]
+    assert image.height > 2 + 3 * 18 and image.width >= 2 + 4 * 18
+    png = maps.last_paths[0]
+    from PIL import Image
+    from amlight.apps.attention_panel import attention_panel  # noqa: F401  (the one renderer)
+    pixels = np.asarray(Image.open(png).convert("L"))
+    assert (pixels[:16] < 100).any(), "no header / title text above the panel"
 
 
 def test_no_training_work_when_every_n_steps_is_zero(tmp_path, monkeypatch):

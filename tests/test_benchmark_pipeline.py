@@ -54,7 +54,7 @@ def _trained_like(adapter, seed=1):
 
 
 def test_evaluation_counts_follow_the_schedules(models, data):
-    pipe = AMPipeline(models.model, models.backbone, adapter=models.adapter)
+    pipe = AMPipeline.from_model(models.model, models.backbone, adapter=models.adapter)
     ex, ex_labels, targets = data["exemplar_image"], data["exemplar_labels"], data["target_labels"]
     with UNetCounter(models.model) as seen_pipe:
         _, counters = pipeline_schedule(pipe, ex, ex_labels, targets, STEPS)
@@ -86,7 +86,7 @@ def test_evaluation_counts_follow_the_schedules(models, data):
 @pytest.mark.parametrize("mode", ["adapter", "augmented"])
 def test_reference_draws_the_pipelines_image_for_one_pair(models, data, mode):
     adapter = _trained_like(models.adapter)
-    pipe = AMPipeline(models.model, models.backbone, adapter=adapter)
+    pipe = AMPipeline.from_model(models.model, models.backbone, adapter=adapter)
     ex, ex_labels, target = data["exemplar_image"], data["exemplar_labels"], data["target_labels"][:1]
     ours, _ = pipeline_schedule(pipe, ex, ex_labels, target, STEPS, mode=mode, seed=5)
     ref = reference_schedule(models.model, models.backbone, ex, ex_labels, target, STEPS, adapter=adapter,

@@ -110,13 +110,14 @@ def test_load_stage1_reads_and_hashes_an_unchanged_file_once(tmp_path, monkeypat
     neither hash nor read it again, and the one read maps the file instead of loading all of it."""
     import os
 
+    import amlight.checkpoints.files as files_module  # where the hashing lives
     import amlight.checkpoints.stage1 as stage1_module
     from conftest import save_stage1_checkpoint
 
     path = save_stage1_checkpoint(tmp_path / "s1.ckpt")
     hashed, loads = [], []
     file_sha256, torch_load = stage1_module.file_sha256, torch.load
-    monkeypatch.setattr(stage1_module, "file_sha256", lambda p: hashed.append(p) or file_sha256(p))
+    monkeypatch.setattr(files_module, "file_sha256", lambda p: hashed.append(p) or file_sha256(p))
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("mmap")) or torch_load(*a, **k))
 
     first = stage1_module.load_stage1(path)

@@ -88,17 +88,17 @@ def _data(m, n, seed=0):
 
 
 def test_pipeline_is_deterministic_per_seed(tiny_model, tiny_backbone):
-    pipe = AMPipeline(tiny_model, tiny_backbone, adapter=_adapter())
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone, adapter=_adapter())
     images, ex_labels, targets = _data(1, 2)
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
-    a = pipe(targets, banks, seed=3)
-    b = pipe(targets, banks, seed=3)
-    c = pipe(targets, banks, seed=4)
+    a = pipe.draw(targets, banks, seed=3)
+    b = pipe.draw(targets, banks, seed=3)
+    c = pipe.draw(targets, banks, seed=4)
     assert a.shape == (2, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, b)
     assert (a - c).abs().max() > 1e-3
     rebuilt = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
-    assert torch.equal(pipe(targets, rebuilt, seed=3), a)
+    assert torch.equal(pipe.draw(targets, rebuilt, seed=3), a)
 
 
 def test_banks_built_once_for_many_targets(tiny_model, tiny_backbone):
@@ -111,8 +111,8 @@ def test_banks_built_once_for_many_targets(tiny_model, tiny_backbone):
         assert calls == [2] * (2 * STEPS)
         assert banks.unet_calls == 2 * STEPS and banks.unet_rows == 2 * 2 * STEPS and banks.steps == STEPS
         calls.clear()
-        pipe = AMPipeline(tiny_model, tiny_backbone)
-        out = pipe(targets, banks, torch.tensor([1, 1, 1, 1]), attention="augmented")
+        pipe = AMPipeline.from_model(tiny_model, tiny_backbone)
+        out = pipe.draw(targets, banks, torch.tensor([1, 1, 1, 1]), attention="augmented")
         # N=4 targets reuse the banks: one 2N-row call per step, no more bank building.
         assert calls == [8] * STEPS
         assert pipe.unet_rows == 8 * STEPS and pipe.unet_calls == STEPS
@@ -120,9 +120,9 @@ def test_banks_built_once_for_many_targets(tiny_model, tiny_backbone):
 
         # exemplar_index picks the bank rows: the same as banks of exemplar 1 alone, broadcast.
         single = build_exemplar_banks(tiny_model, tiny_backbone, images[1:], ex_labels[1:], STEPS)
-        alone = pipe(targets, single, attention="augmented")
+        alone = pipe.draw(targets, single, attention="augmented")
         torch.testing.assert_close(out, alone, atol=1e-4, rtol=1e-4)
-        mixed = pipe(targets, banks, torch.tensor([0, 1, 0, 1]), attention="augmented")
+        mixed = pipe.draw(targets, banks, torch.tensor([0, 1, 0, 1]), attention="augmented")
         assert (mixed[0] - out[0]).abs().max() > 1e-4
         torch.testing.assert_close(mixed[1], out[1], atol=1e-4, rtol=1e-4)
     finally:
@@ -133,13 +133,13 @@ def test_banks_built_once_for_many_targets(tiny_model, tiny_backbone):
 def test_uncond_rows_are_plain_self_attention(tiny_model, tiny_backbone, mode):
     images, ex_labels, targets = _data(1, 2)
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
-    pipe = AMPipeline(tiny_model, tiny_backbone, adapter=_adapter())
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone, adapter=_adapter())
     seen = []
     handle = tiny_model.register_forward_hook(
         lambda mod, args, kwargs, out: seen.append((args, out)), with_kwargs=True
     )
     try:
-        pipe(targets, banks, attention=mode, guidance_scale=3.0)
+        pipe.draw(targets, banks, attention=mode, guidance_scale=3.0)
     finally:
         handle.remove()
     assert len(seen) == STEPS
@@ -155,18 +155,18 @@ def test_uncond_rows_are_plain_self_attention(tiny_model, tiny_backbone, mode):
 
 
 def test_structure_only_ignores_banks(tiny_model, tiny_backbone):
-    pipe = AMPipeline(tiny_model, tiny_backbone)
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone)
     images, ex_labels, targets = _data(2, 2)
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
     other = build_exemplar_banks(tiny_model, tiny_backbone, -images, ex_labels.flip(-1), STEPS)
-    a = pipe(targets, banks, attention="structure_only")
-    assert torch.equal(a, pipe(targets, other, attention="structure_only"))
-    assert torch.equal(a, pipe(targets, None, attention="structure_only", steps=STEPS))
-    assert (a - pipe(targets, banks, attention="augmented")).abs().max() > 1e-4
+    a = pipe.draw(targets, banks, attention="structure_only")
+    assert torch.equal(a, pipe.draw(targets, other, attention="structure_only"))
+    assert torch.equal(a, pipe.draw(targets, None, attention="structure_only", steps=STEPS))
+    assert (a - pipe.draw(targets, banks, attention="augmented")).abs().max() > 1e-4
     with pytest.raises(ValueError, match="banks"):
-        pipe(targets, None, attention="augmented")
+        pipe.draw(targets, None, attention="augmented")
     with pytest.raises(ValueError, match="adapter"):
-        pipe(targets, banks, attention="adapter")
+        pipe.draw(targets, banks, attention="adapter")
 
 
 def test_from_checkpoints(stage1_ckpt, tmp_path):
@@ -204,11 +204,11 @@ def test_attention_settings_max_resolution_lasts_one_call(tiny_model, tiny_backb
             return torch.zeros_like(logits)
 
     spy = PoolingSpy()
-    pipe = AMPipeline(tiny_model, tiny_backbone, adapter=spy)
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone, adapter=spy)
     images, ex_labels, targets = _data(1, 1)
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
-    pipe(targets, banks, attention=AttentionSettings("adapter", max_resolution=2))
+    pipe.draw(targets, banks, attention=AttentionSettings("adapter", max_resolution=2))
     assert spy.seen == {2} and spy.max_resolution == 32
     spy.seen.clear()
-    pipe(targets, banks, attention="adapter")
+    pipe.draw(targets, banks, attention="adapter")
     assert spy.seen == {32}

@@ -114,20 +114,20 @@ def _data(m, n, seed=0, classes=5):
 
 
 def test_images_do_not_depend_on_batching(tiny_model, tiny_backbone):
-    pipe = AMPipeline(tiny_model, tiny_backbone, adapter=_adapter())
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone, adapter=_adapter())
     images, ex_labels, targets = _data(1, 3)
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
-    whole = pipe(targets, banks, seed=[5, 6, 7])
-    one_by_one = pipe(targets, banks, seed=[5, 6, 7], batch_size=1)
+    whole = pipe.draw(targets, banks, seed=[5, 6, 7])
+    one_by_one = pipe.draw(targets, banks, seed=[5, 6, 7], batch_size=1)
     torch.testing.assert_close(one_by_one, whole, atol=1e-5, rtol=1e-4)
     # A target drawn alone with its own seed is the same image (resumed runs redraw it exactly).
-    torch.testing.assert_close(pipe(targets[2:], banks, seed=7), whole[2:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pipe.draw(targets[2:], banks, seed=7), whole[2:], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="2 seeds for 3 targets"):
-        pipe(targets, banks, seed=[1, 2])
+        pipe.draw(targets, banks, seed=[1, 2])
 
 
 def test_warns_when_a_target_class_is_missing_from_its_exemplar(tiny_model, tiny_backbone):
-    pipe = AMPipeline(tiny_model, tiny_backbone)
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone)
     images, _, targets = _data(1, 2)
     ex_labels = torch.zeros(1, 16, 16, dtype=torch.long)
     ex_labels[:, 8:] = 1
@@ -136,11 +136,11 @@ def test_warns_when_a_target_class_is_missing_from_its_exemplar(tiny_model, tiny
     banks = build_exemplar_banks(tiny_model, tiny_backbone, images, ex_labels, STEPS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        pipe(covered, banks, attention="augmented")
+        pipe.draw(covered, banks, attention="augmented")
     lacking = covered.clone()
     lacking[1, -3:] = 4
     with pytest.warns(UncoveredClassWarning, match=r"target 1: \[4\]"):
-        pipe(lacking, banks, attention="augmented")
+        pipe.draw(lacking, banks, attention="augmented")
     assert uncovered_classes(lacking[1], ex_labels[0]) == [4]
     assert uncovered_classes(torch.full((4, 4), 255), ex_labels[0]) == []
 
@@ -160,7 +160,7 @@ def test_one_to_one_banks_keep_structure_labels(tiny_model, tiny_backbone):
 
 
 def test_pipeline_reports_its_model(tiny_model, tiny_backbone):
-    pipe = AMPipeline(tiny_model, tiny_backbone)
+    pipe = AMPipeline.from_model(tiny_model, tiny_backbone)
     assert pipe.num_classes == 5 and pipe.ignore_index == 255 and pipe.resolution == (16, 16)
 
 

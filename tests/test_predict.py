@@ -19,13 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/quickstart/generate.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model gains nothing from a second thread, and loses a lot when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The tiny model gains nothing from a second thread, and loses a lot when another process holds a core.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

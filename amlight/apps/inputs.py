@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from amlight.apps.applications import box_mask, link_regions, paint_region
+from amlight.data.resize import resize_image, resize_labels_nearest  # noqa: F401 (re-exported)
 from amlight.data.datasets.folder import CLASSES_FILE, load_classes_yaml, read_classes_settings
 from amlight.data.io import DataFileError, check_pair, load_image, load_labels
 from amlight.data.pairing import read_pairs_file
@@ -105,6 +106,20 @@ class LabelSpace:
         )
 
     @classmethod
+    def from_pipeline(cls, label_space, origin: str = "") -> "LabelSpace":
+        """The decoding a pipeline folder carries (its ``label_space`` component, a
+        :class:`~amlight.pipeline.label_space.PipelineLabelSpace`): no dataset files needed."""
+        id_map = getattr(label_space, "id_map", None)
+        return cls(
+            label_space.metadata,
+            getattr(label_space, "label_format", "auto") or "auto",
+            getattr(label_space, "unknown_colors", "error") or "error",
+            None if id_map is None else tuple(id_map),
+            tuple(tuple(c) if isinstance(c, (list, tuple)) else c for c in (getattr(label_space, "ignore_colors", None) or ())),
+            origin or label_space.metadata.name,
+        )
+
+    @classmethod
     def resolve(cls, data: str, root: str | Path | None = None, split: str | None = None,
                 options: dict | None = None) -> "LabelSpace":
         """From a registered dataset name (``cityscapes``; its files are used for the decoding settings
@@ -164,31 +179,6 @@ def label_space_from_run(stage1_checkpoint: str | Path) -> LabelSpace:
 
 
 # --- resizing ---------------------------------------------------------------------------------
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (3, h, w) in [-1, 1]; bilinear with antialiasing, as the DataModule does."""
-    from torchvision.transforms.v2 import functional as F
-
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if tuple(tensor.shape[-2:]) != tuple(size):
-        tensor = F.resize(tensor, list(size), interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-    return tensor.float().div(127.5).sub(1.0)
-
-
-def resize_labels_nearest(labels: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """int (H, W) -> int64 (h, w), nearest neighbour only (no label value the map does not hold).
-
-    For label files brought to the model's size; the categorical cost's downsampling to attention
-    resolutions is :func:`amlight.modules.label_resize.resize_labels` (majority vote)."""
-    from torchvision import tv_tensors
-    from torchvision.transforms.v2 import functional as F
-
-    tensor = torch.as_tensor(np.ascontiguousarray(labels) if isinstance(labels, np.ndarray) else labels).long()
-    if tuple(tensor.shape[-2:]) != tuple(size):
-        tensor = F.resize(tv_tensors.Mask(tensor[None]), list(size), interpolation=F.InterpolationMode.NEAREST)
-        tensor = tensor.as_subclass(torch.Tensor)[0]
-    return tensor
 
 
 def resize_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

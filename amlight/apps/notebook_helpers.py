@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from amlight.checkpoints.adapter_files import export_adapter
 from amlight.data.datasets.synthetic import synthetic_pairs_file
@@ -35,7 +35,8 @@ from amlight.apps.attention_probe import (
     probe_attention,
     short_layer_name,
 )
-from amlight.visualize import colorize, column_grid, to_uint8
+from amlight.apps.attention_panel import attention_panel, layer_caption, panel, panel_title
+from amlight.visualize import colorize, to_uint8
 
 QUICKSTART_STAGE1 = "runs/quickstart/stage1/checkpoints/last.ckpt"
 QUICKSTART_STAGE2 = "runs/quickstart/stage2/checkpoints/last.ckpt"
@@ -173,46 +174,6 @@ def class_index(metadata: DatasetMetadata, name: str) -> int:
 
 
 # --------------------------------------------------------------------------- pictures
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def panel(columns: Sequence[torch.Tensor], headers: Sequence[str] | None = None,
-          row_labels: Sequence[str] | None = None, upscale: int = 4, title: str | None = None) -> Image.Image:
-    """A PIL image: one column per uint8 (N, 3, H, W) tensor (N rows), nearest-upscaled, with a header
-    over each column, a label left of each row and a title line. Jupyter displays it inline."""
-    pad = 2
-    grid = column_grid(list(columns), pad=pad, upscale=upscale)
-    h, w = columns[0].shape[-2:]
-    font = _font(12)
-    line = 16
-    top = line * ((1 if headers else 0) + (1 if title else 0)) + (4 if headers or title else 0)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = 0
-    if row_labels:
-        left = 8 + max(int(probe.textlength(str(t), font=font)) for t in row_labels)
-    body = Image.fromarray(grid.permute(1, 2, 0).numpy())
-    canvas = Image.new("RGB", (left + body.width, top + body.height), "white")
-    canvas.paste(body, (left, top))
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((4, 2), title, fill="black", font=font)
-    if headers:
-        y = top - line - 2
-        for c, text in enumerate(headers):
-            x0 = left + (pad + c * (w + pad)) * upscale
-            centre = x0 + w * upscale / 2
-            draw.text((centre, y), str(text), fill="black", font=font, anchor="ma")
-    if row_labels:
-        for r, text in enumerate(row_labels):
-            y0 = top + (pad + r * (h + pad)) * upscale
-            draw.text((4, y0 + h * upscale / 2), str(text), fill="black", font=font, anchor="lm")
-    return canvas
-
-
 def triplet_panel(batch: dict, result: torch.Tensor, metadata: DatasetMetadata | None = None, upscale: int = 4,
                   result_header: str = "result", title: str | None = None) -> Image.Image:
     """exemplar | target labels | result | ground truth, one row per pair."""
@@ -242,7 +203,7 @@ def compare_modes(pipe, batch: dict, banks, modes: Sequence[str] = ATTENTION_MOD
             print("adapter: skipped (the pipeline has no adapter)")
             continue
         start = time.perf_counter()
-        images[mode] = pipe(batch["labels"], banks, attention=attention, guidance_scale=guidance_scale, seed=seed)
+        images[mode] = pipe.draw(batch["labels"], banks, attention=attention, guidance_scale=guidance_scale, seed=seed)
         print(f"{mode:<15} {time.perf_counter() - start:5.1f} s")
     return images
 
@@ -301,22 +262,22 @@ def attention_figure(pipe, batch: dict, sample: int, point: tuple[int, int], met
     exemplar = batch["exemplar_image"][sample]
     target = draw_marker(colorize(labels[None], metadata)[0], point)
     n = len(layers)
-    columns = [target.expand(n, -1, -1, -1), to_uint8(exemplar[None]).expand(n, -1, -1, -1)]
-    rows = []
+    heat, rows = {}, []
     for mode in modes:
         maps = [results[mode].attention_map(layer, 0, point) for layer in layers]
-        columns.append(torch.stack([heatmap_overlay(exemplar, m) for m in maps]))
+        heat[mode] = torch.stack([heatmap_overlay(exemplar, m) for m in maps])
         for layer, m in zip(layers, maps):
             same = float((m * results[mode].cost_map(layer, 0, point)).sum())
             rows.append((mode, layer, same))
     first = results[modes[0]]
-    same_class = [first.cost_map(layer, 0, point).float() for layer in layers]
-    columns.append(torch.stack([heatmap_overlay(exemplar, m) for m in same_class]))
-    row_labels = [f"{short_layer_name(layer)} {first.size[layer][0]}x{first.size[layer][1]}" for layer in layers]
+    same_class = torch.stack([heatmap_overlay(exemplar, first.cost_map(layer, 0, point).float()) for layer in layers])
     cls = int(labels[point])
     what = class_name(metadata, cls) if metadata is not None else f"class {cls}"
-    figure = panel(columns, ["target + point", "exemplar", *modes, f"{what} in exemplar"], row_labels=row_labels,
-                   upscale=upscale, title=f"query {point} ({what}), t={timestep}")
+    figure = attention_panel(
+        target.expand(n, -1, -1, -1), heat, same_class, exemplar=to_uint8(exemplar[None]).expand(n, -1, -1, -1),
+        class_header=f"{what} in exemplar", row_labels=[layer_caption(layer, first.size[layer]) for layer in layers],
+        upscale=upscale, title=panel_title(None, None, timestep, what=f"query {point} ({what})"),
+    )
     table = [f"share of the point's exemplar attention on {what} (row: mode, column: layer)",
              f"{'':<12}" + "".join(f"{short_layer_name(layer):>14}" for layer in layers)]
     for mode in modes:

@@ -426,7 +426,7 @@ class PairGenerator:
                                  for _, inputs in batch])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UncoveredClassWarning)  # reported per pair, with file names
-            images = self.pipe(targets, banks, index, attention=self.attention, guidance_scale=self.guidance_scale,
+            images = self.pipe.draw(targets, banks, index, attention=self.attention, guidance_scale=self.guidance_scale,
                                seed=[self.seed] * len(batch), steps=self.steps, target_match_labels=match)
         return to_uint8(images)
 

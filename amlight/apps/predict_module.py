@@ -37,19 +37,23 @@ from amlight.apps.inputs import Job, JobInputs, output_stem
 from amlight.apps.outputs import GenerationReport, ResultWriter, generate_pairs, prepare_out_dir
 from amlight.cpu_threads import default_threads
 from amlight.modules.attention_modes import AttentionSettings
-from amlight.pipeline.synthesis import AMPipeline
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class SynthesisModule(L.LightningModule):
     """Args:
-        stage1_checkpoint: the GenerationStage checkpoint.
+        stage1_checkpoint: the GenerationStage checkpoint (default with ``adapter``: the one it was trained on,
+            found next to it or by hash).
         adapter: an exported adapter (.safetensors) or a stage-2 checkpoint; needed by mode ``adapter``.
+        pipeline: an exported pipeline folder (``python -m amlight export``) instead of the two checkpoints.
+        base: the SD 1.5 folder, when the ``backbone_path`` stored in the stage-1 checkpoint does not exist here.
         mode: adapter | augmented | hard_mask | structure_only.
         steps, guidance_scale, seed, appearance_strength: sampling (see ``amlight generate``); every
             target starts from the noise of ``seed``.
-        out_dir: where results go (``<exemplar>__<target>[__mode].png``, ``summary.json``, ``grid.png``).
+        out_dir: where results go (``<exemplar>__<target>[__mode].png``, ``summary.json``, ``grid.png``);
+            default: the trainer's ``default_root_dir``, where ``python -m amlight predict`` writes its
+            ``config.yaml`` too, so that ``--trainer.default_root_dir DIR`` moves the whole run.
         triplets: also write ``out_dir/triplets/``: exemplar | target labels | result [| ground truth].
         overwrite: redraw outputs that exist (default: skip them and resume).
         batch_size: targets per UNet call (default: the whole dataloader batch).
@@ -61,14 +65,14 @@ class SynthesisModule(L.LightningModule):
 
     def __init__(
         self,
-        stage1_checkpoint: str,
+        stage1_checkpoint: str | None = None,
         adapter: str | None = None,
         mode: str = "adapter",
         steps: int = 20,
         guidance_scale: float = 3.0,
         seed: int = 0,
         appearance_strength: float = 1.0,
-        out_dir: str = "runs/predict",
+        out_dir: str | None = None,
         triplets: bool = False,
         overwrite: bool = False,
         batch_size: int | None = None,
@@ -76,12 +80,21 @@ class SynthesisModule(L.LightningModule):
         threads: int | None = None,
         num_classes: int | None = None,
         ignore_index: int | None = None,
+        pipeline: str | None = None,
+        base: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         # The hparams stay loose values (the YAML config's keys); the run reads this one object.
         self.attention = AttentionSettings(mode, appearance_strength=appearance_strength)
-        if self.attention.uses_adapter and adapter is None:
+        given = [name for name, value in (("stage1_checkpoint", stage1_checkpoint), ("adapter", adapter),
+                                          ("base", base)) if value]
+        if pipeline and given:  # a config's checkpoints and a pipeline folder: which one was meant is unclear
+            raise ValueError(f"pipeline {pipeline} holds the whole model: set {' and '.join(given)} to null "
+                             f"(--model.init_args.{given[0]} null)")
+        if not pipeline and not stage1_checkpoint and not adapter:
+            raise ValueError("no model: set pipeline (an exported pipeline folder) or stage1_checkpoint [+ adapter]")
+        if self.attention.uses_adapter and adapter is None and pipeline is None:
             raise ValueError("mode 'adapter' needs adapter: (a stage-2 checkpoint or exported adapter); "
                              "without one use mode: augmented")
         if dtype not in _DTYPES:
@@ -92,7 +105,7 @@ class SynthesisModule(L.LightningModule):
         for name, value, expected in [("num_classes", num_classes, pipe.num_classes),
                                       ("ignore_index", ignore_index, pipe.ignore_index)]:
             if value is not None and value != expected:
-                raise ValueError(f"the data has {name}={value} but stage 1 ({stage1_checkpoint}) was trained with "
+                raise ValueError(f"the data has {name}={value} but stage 1 ({pipeline or stage1_checkpoint}) was trained with "
                                  f"{expected}: generate with the label space of stage 1")
         # Plain attributes: the frozen model stays out of checkpoints, dtype casts and DDP.
         self.__dict__["pipe"] = pipe
@@ -101,9 +114,23 @@ class SynthesisModule(L.LightningModule):
         self._report = GenerationReport()
 
     def _pipeline(self, device=None):
+        from amlight.pipeline.model_options import open_pipeline
+
         hp = self.hparams
-        return AMPipeline.from_checkpoints(hp.stage1_checkpoint, hp.adapter, device=device,
-                                           dtype=_DTYPES[hp.dtype] if hp.dtype != "fp32" or device else None)
+        pipe = open_pipeline(hp.stage1_checkpoint, hp.adapter, hp.pipeline, hp.base, device=device,
+                             dtype=_DTYPES[hp.dtype] if hp.dtype != "fp32" or device else None)
+        if self.attention.uses_adapter and pipe.adapter is None:
+            raise ValueError(f"mode 'adapter' needs an adapter, and the pipeline folder {hp.pipeline} has none: "
+                             "use mode: augmented")
+        return pipe
+
+    @property
+    def out_dir(self) -> str:
+        """Where the results go: ``out_dir``, else the trainer's ``default_root_dir`` (with the config)."""
+        if self.hparams.out_dir is not None:
+            return str(self.hparams.out_dir)
+        trainer = self._trainer
+        return str(trainer.default_root_dir) if trainer is not None else "."
 
     def on_predict_start(self) -> None:
         self.__dict__["pipe"] = self._pipeline(self.device)
@@ -111,7 +138,7 @@ class SynthesisModule(L.LightningModule):
         if self.device.type == "cpu":
             threads = self.hparams.threads
             if threads is None:  # a resumed run computes as the first did (the same bytes)
-                previous = (ResultWriter(self.hparams.out_dir).previous_summary() or {}).get("settings") or {}
+                previous = (ResultWriter(self.out_dir).previous_summary() or {}).get("settings") or {}
                 threads = previous.get("threads") if isinstance(previous.get("threads"), int) else None
             if threads is None:
                 local_ranks = max(1, int(getattr(self.trainer, "num_devices", 1) or 1))
@@ -119,11 +146,11 @@ class SynthesisModule(L.LightningModule):
             torch.set_num_threads(int(threads))
         self._threads = torch.get_num_threads()
         if self.trainer.is_global_zero:
-            prepare_out_dir(self.hparams.out_dir)
+            prepare_out_dir(self.out_dir)
         self.trainer.strategy.barrier()
         datamodule = getattr(self.trainer, "datamodule", None)
         metadata = getattr(datamodule, "metadata", None)
-        self.__dict__["writer"] = ResultWriter(self.hparams.out_dir, overwrite=self.hparams.overwrite,
+        self.__dict__["writer"] = ResultWriter(self.out_dir, overwrite=self.hparams.overwrite,
                                                triplets=self.hparams.triplets, metadata=metadata)
         self._records, self._report = [], GenerationReport()
 
@@ -172,15 +199,18 @@ class SynthesisModule(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         hp = self.hparams
-        report.settings = {"stage1": str(Path(hp.stage1_checkpoint).resolve()),
-                           "adapter": (str(Path(hp.adapter).resolve())
-                                       if hp.adapter and self.attention.uses_adapter else None),
+        from amlight.pipeline.model_options import stage1_path
+
+        model = ({"pipeline": str(Path(hp.pipeline).resolve())} if hp.pipeline else
+                 {"stage1": str(Path(stage1_path(hp.stage1_checkpoint, hp.adapter)).resolve()),
+                  "adapter": str(Path(hp.adapter).resolve()) if hp.adapter and self.attention.uses_adapter else None})
+        report.settings = {**model,
                            "mode": self.attention.mode, "steps": hp.steps, "guidance_scale": hp.guidance_scale,
                            "seed": hp.seed, "appearance_strength": hp.appearance_strength, "dtype": hp.dtype,
                            "devices": self.trainer.world_size, "threads": self._threads}
         self.writer.write_summary({"command": "predict", **dict(hp)}, report, records=records)
         self.writer.write_grid()
-        print(f"predict: {len(records)} output(s) in {hp.out_dir}: {len(report.written)} written, "
+        print(f"predict: {len(records)} output(s) in {self.out_dir}: {len(report.written)} written, "
               f"{len(report.skipped)} skipped (already there), {len(report.warnings)} warning(s)", file=sys.stderr)
 
     def configure_optimizers(self):  # predict only: Lightning asks for none

@@ -96,3 +96,39 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     module.requires_grad_(False)
     module.eval()
     return module
+
+
+def backbone_from_parts(unet: UNet2DConditionModel, scheduler_config: dict[str, Any], prompt_embeds: torch.Tensor,
+                        negative_prompt_embeds: torch.Tensor, vae: AutoencoderKL | None = None,
+                        spec: dict[str, Any] | None = None) -> Backbone:
+    """A backbone around parts already loaded (a pipeline folder's), not built from a preset: its
+    ``new_unet`` is a fresh copy of ``unet`` (stock attention processors, the same weights)."""
+
+    def unet_factory() -> UNet2DConditionModel:
+        fresh = UNet2DConditionModel.from_config(unet.config)
+        fresh.load_state_dict(unet.state_dict())
+        return fresh.to(unet.dtype).train()
+
+    return Backbone(
+        preset=str((spec or {}).get("preset", "pipeline")),
+        unet_factory=unet_factory,
+        scheduler_config=dict(scheduler_config),
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_prompt_embeds,
+        vae=vae,
+        scaling_factor=1.0 if vae is None else float(vae.config.scaling_factor),
+        spec=dict(spec or {}),
+    )
+
+
+def own_memory(module):
+    """Give every weight of ``module`` its own freshly allocated memory, in place; returns it.
+
+    diffusers loads safetensors memory-mapped, where a tensor starts wherever the file puts it (not
+    64-byte aligned), and CPU kernels then take other code paths that round differently (1e-6):
+    copied into fresh memory, a folder's weights compute exactly what the checkpoint's do.
+    """
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            tensor.data = tensor.data.clone()
+    return module

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from amlight.backbone.backbone import Backbone, freeze
+from amlight.backbone.backbone import Backbone, freeze, own_memory
 
 # The tiny preset is sized for 2 CPU cores: pixel-space diffusion (no VAE: a random-init VAE would
 # not reconstruct anything, and there is no pretrained tiny one offline), 32x32 images, three UNet
@@ -150,4 +150,41 @@ def build_sd15(path: str | None, prompt: str = "", dtype: torch.dtype = torch.fl
         vae=vae,
         scaling_factor=float(vae.config.scaling_factor),
         spec={"preset": "sd15", "path": path, "prompt": prompt},
+    )
+
+
+def backbone_from_pipeline_folder(path) -> Backbone:
+    """The backbone an exported pipeline folder holds (its ``vae``, ``scheduler`` and
+    ``prompt_embeddings`` subfolders; the ``unet`` subfolder is what ``new_unet`` copies), read
+    without amlight's pipeline class: a pipeline folder is to this floor what an SD 1.5 folder is."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        prompt = json.loads((path / "prompt_embeddings" / "config.json").read_text()).get("prompt", "")
+        embeds = load_file(str(path / "prompt_embeddings" / "diffusion_pytorch_model.safetensors"))
+        vae = own_memory(AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False)) \
+            if (path / "vae").is_dir() else None
+    except (OSError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BackboneError(f"{path}: the pipeline folder's backbone cannot be read ({first}); "
+                            "re-export it with `python -m amlight export`") from None
+    scheduler_config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+
+    def unet_factory() -> UNet2DConditionModel:
+        return own_memory(UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False)).train()
+
+    return Backbone(
+        preset="pipeline",
+        unet_factory=unet_factory,
+        scheduler_config=scheduler_config,
+        prompt_embeds=embeds["prompt_embeds"],
+        negative_prompt_embeds=embeds["negative_prompt_embeds"],
+        vae=freeze(vae) if vae is not None else None,
+        scaling_factor=1.0 if vae is None else float(vae.config.scaling_factor),
+        spec={"preset": "pipeline", "path": str(path), "prompt": prompt},
     )

@@ -5,12 +5,23 @@ import json
 from typing import Any, Callable
 
 from amlight.backbone.backbone import Backbone
-from amlight.backbone.presets import BackboneError, build_sd15, build_tiny
+from amlight.backbone.presets import BackboneError, backbone_from_pipeline_folder, build_sd15, build_tiny
 
 PRESETS: dict[str, Callable[..., Backbone]] = {
     "tiny": lambda path=None, prompt="", seed=0, options=None: build_tiny(seed=seed, options=options),
     "sd15": lambda path=None, prompt="", seed=0, options=None: build_sd15(path, prompt=prompt, **(options or {})),
 }
+
+
+def _pipeline_folder_backbone(path: str | None) -> Backbone:
+    """The backbone saved in an exported pipeline folder (spec ``{"preset": "pipeline", "path": FOLDER}``,
+    what a model loaded from a folder records); not a preset to train on, so not in PRESETS."""
+    if not path:
+        raise BackboneError("the pipeline backbone needs a path: the exported pipeline folder")
+    key = json.dumps(["pipeline", str(path)])
+    if key not in _CACHE:
+        _CACHE[key] = backbone_from_pipeline_folder(path)
+    return _CACHE[key]
 
 _CACHE: dict[str, Backbone] = {}
 
@@ -34,6 +45,8 @@ def get_backbone(
 def backbone_from_spec(spec: dict[str, Any]) -> Backbone:
     """Rebuild the backbone a checkpoint was trained with (its ``spec``)."""
     spec = dict(spec)
+    if spec.get("preset") == "pipeline":
+        return _pipeline_folder_backbone(spec.get("path"))
     return get_backbone(
         spec.pop("preset"),
         path=spec.pop("path", None),

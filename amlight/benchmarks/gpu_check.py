@@ -197,7 +197,7 @@ def _cast(backbone, model, adapter, device, dtype) -> None:
 def _generate_once(backbone, model, adapter, device, size, mode, batch, steps, attention_chunk=None):
     from amlight.pipeline.synthesis import AMPipeline
 
-    pipe = AMPipeline(model, backbone, adapter, attention_chunk=attention_chunk)
+    pipe = AMPipeline.from_model(model, backbone, adapter, attention_chunk=attention_chunk)
     g = torch.Generator().manual_seed(0)
     ex = (torch.rand(1, 3, size, size, generator=g) * 2 - 1).to(device, pipe.dtype)
     ex_labels = _labels(1, size, NUM_CLASSES, 1).to(device)

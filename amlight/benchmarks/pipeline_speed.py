@@ -359,7 +359,7 @@ def pipeline_schedule(
         banks = pipe.build_banks(exemplar_image, exemplar_labels, steps=steps, seed=seed)
     index = torch.zeros(target_labels.shape[0], dtype=torch.long)
     with _timer(device, phases, "sample"):
-        images = pipe(target_labels, banks, exemplar_index=index, attention=mode, guidance_scale=guidance_scale, seed=seed,
+        images = pipe.draw(target_labels, banks, exemplar_index=index, attention=mode, guidance_scale=guidance_scale, seed=seed,
                       batch_size=batch_size)
     counters = {"bank_calls": banks.unet_calls, "bank_rows": banks.unet_rows,
                 "sample_calls": pipe.unet_calls, "sample_rows": pipe.unet_rows}
@@ -466,7 +466,7 @@ def pipeline_benchmark(
         if resolution % (f * 8):
             raise ValueError(f"resolution {resolution} must be a multiple of {f * 8} for this backbone")
         data = synthetic_inputs(targets, resolution, cfg.num_classes, seed=seed)
-        pipe = AMPipeline(models.model, models.backbone, adapter=models.adapter)
+        pipe = AMPipeline.from_model(models.model, models.backbone, adapter=models.adapter)
         ex_image, ex_labels, target_labels = data["exemplar_image"], data["exemplar_labels"], data["target_labels"]
         common = dict(mode=mode, guidance_scale=guidance_scale, seed=seed)
 

@@ -66,7 +66,8 @@ def load_adapter(path: str | Path, stage1: Stage1Model) -> AMAdapter:
             f"adapter {path} was built for {config.get('heads')} attention heads, but the stage-1 model "
             f"{stage1.path} has {stage1.heads}: it belongs to another architecture"
         )
-    adapter = AMAdapter(**config)
+    # Private keys (``_name_or_path`` of an adapter loaded from a pipeline folder) are not arguments.
+    adapter = AMAdapter(**{k: v for k, v in config.items() if not k.startswith("_")})
     try:
         adapter.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -78,7 +79,8 @@ def load_adapter(path: str | Path, stage1: Stage1Model) -> AMAdapter:
 def check_stage1_match(record: dict[str, Any], stage1: Stage1Model) -> None:
     """Warn when an adapter meets a stage-1 model other than the one it was trained with."""
     trained_on = (record.get("stage1") or {}).get("sha256")
-    if trained_on and trained_on != stage1.sha256:
+    # A pipeline folder exported from a checkpoint names that checkpoint's hash (``source_sha256``).
+    if trained_on and trained_on not in (stage1.sha256, stage1.hparams.get("source_sha256")):
         warnings.warn(
             f"this adapter was trained on the stage-1 checkpoint {record['stage1'].get('path')} "
             f"(sha256 {trained_on[:12]}...), not on {stage1.path} (sha256 {stage1.sha256[:12]}...); "

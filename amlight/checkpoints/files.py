@@ -10,6 +10,8 @@ It also writes the part of the record every stage shares: the format version, th
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import pickle
 import zipfile
@@ -148,3 +150,33 @@ def plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return str(value)
+
+
+# Keyed by (resolved path, size, mtime): an unchanged file is not hashed again.
+_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # read_checkpoint says what is wrong with it
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def cached_sha256(path: str | Path) -> str:
+    """``file_sha256``, computed once per process for an unchanged file (a stage-1 file is gigabytes)."""
+    key = _file_key(Path(path))
+    if key is None:
+        return file_sha256(path)
+    if key not in _SHA256:
+        _SHA256[key] = file_sha256(path)
+    return _SHA256[key]

@@ -25,10 +25,11 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from amlight.commands import parse_or_exit_code, int_at_least, auto_or_int_at_least, non_negative_float
+from amlight.commands.generate import SCHEDULER_NAMES
 
 PROG = "amlight evaluate"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate every pair with every attention mode from the same seeds and score the modes "
         "on the same pairs (JSON + Markdown table + grid). Generated images are cached and reused.",
         epilog="examples:\n"
+        "  python -m amlight evaluate --pipeline models/quickstart --pairs data/synthetic/val/pairs.json "
+        "--out runs/evaluate/exported\n"
         "  python -m amlight evaluate --stage1 runs/quickstart/stage1/checkpoints/last.ckpt \\\n"
         "      --adapter runs/quickstart/stage2/checkpoints/last.ckpt --out runs/evaluate/quickstart\n"
         "  ... --max-pairs 32 --sweep guidance_scale=1,3,5\n"
@@ -50,12 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--stage1", required=True, metavar="CKPT", help="stage-1 (GenerationStage) checkpoint")
+    model.add_argument("--pipeline", metavar="DIR",
+                       help="a pipeline folder from `python -m amlight export` (the whole model and its label space)")
+    model.add_argument("--stage1", metavar="CKPT", help="stage-1 (GenerationStage) checkpoint (default with --adapter: "
+                       "the one the adapter was trained on, found next to it or by hash)")
     model.add_argument("--adapter", metavar="FILE", help="the AM-Adapter: a stage-2 .ckpt or an exported .safetensors")
+    model.add_argument("--base", metavar="DIR",
+                       help="the SD 1.5 folder, when the backbone_path stored in the stage-1 checkpoint does not "
+                       "exist here (another machine)")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic", metavar="NAME_OR_DIR",
                       help="dataset whose classes the label files use: a registered name or a folder with "
-                      "classes.yaml (default: %(default)s)")
+                      "classes.yaml (default: %(default)s; with --pipeline, the folder's own classes decode the "
+                      "label files)")
     data.add_argument("--root", metavar="DIR", help="dataset root (default: the dataset's default root)")
     data.add_argument("--split", default="val", help="split (default: %(default)s)")
     data.add_argument("--pairs", metavar="FILE", help="pairs file (default: <root>/<split>/pairs.json)")
@@ -69,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated noise seeds; every mode starts each target from the same noise "
                      "(default: %(default)s)")
     run.add_argument("--steps", type=int_at_least(1), default=20,
-                     help="DDIM steps, inversion and sampling (default: %(default)s)")
+                     help="steps, inversion and sampling (default: %(default)s)")
+    run.add_argument("--scheduler", type=str.lower, choices=SCHEDULER_NAMES, default="ddim",
+                     help="sampler; the exemplars are inverted along its timesteps (default: %(default)s)")
     run.add_argument("--guidance-scale", type=non_negative_float, default=3.0, help="(default: %(default)s)")
     run.add_argument("--strength", type=non_negative_float, default=1.0,
                      help="appearance strength: weight of the exemplar in attention (default: %(default)s)")
@@ -116,6 +128,33 @@ def _check_out(out: Path) -> None:
         raise _Error(f"cannot write to --out {out}: {e.strerror or e}") from None
 
 
+def _folder_has_adapter(folder: str) -> bool:
+    """Whether an exported pipeline folder holds an adapter (its model_index.json names one)."""
+    import json
+
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False  # loading the folder says what is wrong with it
+    entry = index.get("am_adapter") if isinstance(index, dict) else None
+    return isinstance(entry, list) and entry[0] is not None
+
+
+@dataclass
+class _FolderLabels:
+    """The pairs' label files read with a pipeline folder's own label space (no dataset is built:
+    a listed pair needs only the decoding, and the folder carries it)."""
+
+    space: object  # amlight.apps.inputs.LabelSpace
+
+    @property
+    def metadata(self):
+        return self.space.metadata
+
+    def read_label_file(self, path):
+        return self.space.load_labels(path)
+
+
 def _pairs_file(args, source) -> Path:
     from amlight.data.registry import get_dataset_entry, registered_datasets
 
@@ -153,20 +192,27 @@ def prepare(args):
     def uses_adapter(mode: str) -> bool:  # unknown names are left to Settings, which lists the modes
         return mode in ATTENTION_MODES and AttentionSettings(mode).uses_adapter
 
+    from amlight.commands import model_arguments_problem
+
+    problem = model_arguments_problem(args.stage1, args.adapter, args.pipeline, args.base)
+    if problem:
+        raise _Error(problem)
+    has_adapter = bool(args.adapter) or (bool(args.pipeline) and _folder_has_adapter(args.pipeline))
     modes = _split_list(args.modes) if args.modes else None
-    if modes is not None and any(map(uses_adapter, modes)) and not args.adapter:
+    if modes is not None and any(map(uses_adapter, modes)) and not has_adapter:
         others = ",".join(m for m in modes if not uses_adapter(m)) or "augmented"
         raise _Error(f"mode adapter needs --adapter FILE (a stage-2 checkpoint or exported adapter); without one "
                      f"drop it from --modes, e.g. --modes {others}")
     if modes is None:  # every mode; without an adapter file, those that need none
-        modes = [m for m in ATTENTION_MODES if args.adapter or not uses_adapter(m)]
+        modes = [m for m in ATTENTION_MODES if has_adapter or not uses_adapter(m)]
     try:
         seeds = [int(s) for s in _split_list(args.seeds)]
     except ValueError:
         raise _Error(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     settings = Settings(modes=tuple(modes), seeds=tuple(seeds), steps=args.steps, guidance_scale=args.guidance_scale,
                         strength=args.strength, blocks=parse_blocks(args.blocks), max_resolution=args.max_resolution,
-                        batch_size=AUTO_BATCH_CAP if args.batch_size == "auto" else args.batch_size)
+                        batch_size=AUTO_BATCH_CAP if args.batch_size == "auto" else args.batch_size,
+                        scheduler=args.scheduler)
     sweeps = [parse_sweep(text) for text in args.sweep]
     draws_adapter = any(a.uses_adapter for a in settings.attentions.values())
     if (args.max_resolution is not None or any(p == "max_resolution" for p, _ in sweeps)) and not draws_adapter:
@@ -177,12 +223,24 @@ def prepare(args):
     for flag, path in (("--stage1", args.stage1), ("--adapter", args.adapter)):
         if path and not Path(path).is_file():
             raise _Error(f"{flag} {path} does not exist")
+    if args.pipeline and not Path(args.pipeline).is_dir():
+        raise _Error(f"--pipeline {args.pipeline} does not exist (an exported pipeline folder is needed)")
     out = Path(args.out)
     _check_out(out)
-    source = build_dataset(args.data, args.root, args.split)
+    # With --pipeline the folder's label space decodes the label files: --data only locates the pairs file.
+    source = None if args.pipeline else build_dataset(args.data, args.root, args.split)
     pairs_file = _pairs_file(args, source)
-    model = load_model(args.stage1, args.adapter if draws_adapter else None, args.device, args.dtype)
+    model = load_model(args.stage1, args.adapter if draws_adapter else None, args.device, args.dtype,
+                       base=args.base, pipeline=args.pipeline)
     pipe = model.pipe
+    if args.pipeline and draws_adapter and pipe.adapter is None:
+        raise _Error(f"--pipeline {args.pipeline} has no adapter: drop mode adapter from --modes")
+    if args.pipeline:
+        from amlight.apps.inputs import LabelSpace
+
+        if pipe.label_space is None:
+            raise _Error(f"--pipeline {args.pipeline} carries no label space (classes and colours): re-export it")
+        source = _FolderLabels(LabelSpace.from_pipeline(pipe.label_space, origin=args.pipeline))
     if source.metadata.num_classes != pipe.num_classes:
         raise _Error(f"dataset {args.data!r} has {source.metadata.num_classes} classes but the stage-1 model was "
                      f"trained on {pipe.num_classes}: pass the --data it was trained on")

@@ -44,6 +44,8 @@ PROG = "amlight generate"
 # it, as the package amlight.modules loads torch and `--help` must not (tests/test_startup.py); a test
 # in tests/test_generate_cli.py keeps the two equal.
 MODES = ("adapter", "augmented", "hard_mask", "structure_only")
+# amlight.pipeline.schedulers.SCHEDULERS' names, for the same reason (tests/test_schedulers.py keeps them equal).
+SCHEDULER_NAMES = ("ddim", "dpm++", "euler", "unipc")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 AUTO_BATCH_CAP = 8
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m amlight generate",
         description="Draw target label maps in the appearance of exemplar images (AM-Adapter inference).",
         epilog="examples:\n"
+        "  python -m amlight generate --pipeline models/quickstart --exemplar a.png --exemplar-labels a_lbl.png "
+        "--target-labels b_lbl.png --out runs/gen    (an exported pipeline folder: no --data)\n"
         "  python -m amlight generate --stage1 S1.ckpt --adapter S2.ckpt --pairs data/synthetic/val/pairs.json "
         "--out runs/gen --triplets\n"
         "  python -m amlight generate --stage1 S1.ckpt --adapter S2.ckpt --exemplar a.png --exemplar-labels "
@@ -67,9 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--stage1", required=True, metavar="CKPT", help="stage-1 (GenerationStage) checkpoint")
+    model.add_argument("--pipeline", metavar="DIR",
+                       help="a pipeline folder from `python -m amlight export` (the whole model and its label space: "
+                       "no --stage1, --adapter or --data needed)")
+    model.add_argument("--stage1", metavar="CKPT", help="stage-1 (GenerationStage) checkpoint (default with --adapter: "
+                       "the one the adapter was trained on, found next to it or by hash)")
     model.add_argument("--adapter", metavar="FILE",
                        help="the AM-Adapter: a .safetensors from export-adapter or a stage-2 .ckpt")
+    model.add_argument("--base", metavar="DIR",
+                       help="the SD 1.5 folder, when the backbone_path stored in the stage-1 checkpoint does not "
+                       "exist here (another machine)")
     model.add_argument("--data", metavar="NAME_OR_DIR",
                        help="dataset whose palette decodes the label files: a registered name or a folder with "
                        "classes.yaml (default: the dataset of the stage-1 run's config.yaml)")
@@ -95,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--mode", choices=MODES, default="adapter",
                           help="attention mode (default: %(default)s; the others are the ablations)")
-    sampling.add_argument("--steps", type=int_at_least(1), default=20, help="DDIM steps (default: %(default)s)")
+    sampling.add_argument("--steps", type=int_at_least(1), default=20,
+                          help="sampling steps, and the exemplar inversion's (default: %(default)s)")
+    sampling.add_argument("--scheduler", type=str.lower, choices=SCHEDULER_NAMES, default="ddim",
+                          help="sampler; the exemplars are inverted along its timesteps (default: %(default)s)")
     sampling.add_argument("--guidance-scale", type=non_negative_float, default=3.0,
                           help="classifier-free guidance (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=0, help="noise seed of every target (default: %(default)s)")
@@ -142,7 +156,12 @@ def check_arguments(args: argparse.Namespace, attention) -> str:
                             "or --pairs pairs.json, or --target-labels LBL --retrieve DATASET")
     if args.exemplar_labels and not args.exemplar:
         raise GenerateError("--exemplar-labels needs --exemplar (the images they belong to)")
-    if attention.uses_adapter and not args.adapter:
+    from amlight.commands import model_arguments_problem
+
+    problem = model_arguments_problem(args.stage1, args.adapter, args.pipeline, args.base)
+    if problem:
+        raise GenerateError(problem)
+    if attention.uses_adapter and not args.adapter and not args.pipeline:
         raise GenerateError("--mode adapter needs --adapter (a stage-2 checkpoint or exported adapter); "
                             "without one use --mode augmented (augmented self-attention, no adapter)")
     if args.target_images and not args.target_labels:
@@ -224,13 +243,15 @@ def _set_threads(args, device: str) -> None:
 
 
 def _load_pipeline(args, notes: list):
-    from amlight.pipeline.synthesis import AMPipeline
+    from amlight.commands import open_pipeline, stage1_path
 
+    if not args.pipeline:
+        args.stage1 = stage1_path(args.stage1, args.adapter)  # --adapter alone: the stage 1 it names
     device, dtype = _resolve_device(args.device, args.dtype)
     _set_threads(args, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipe = AMPipeline.from_checkpoints(args.stage1, args.adapter, device=device, dtype=dtype)
+        pipe = open_pipeline(args.stage1, args.adapter, args.pipeline, args.base, device=device, dtype=dtype)
     for w in caught:  # amlight's own (an adapter trained on another stage 1) as one line; others as usual
         if "amlight" in Path(w.filename).parts:
             notes.append(f"warning: {w.message}")
@@ -239,13 +260,22 @@ def _load_pipeline(args, notes: list):
     return pipe
 
 
-def _label_space(args, retrieve_source):
+def _label_space(args, retrieve_source, pipe):
     from amlight.apps.inputs import LabelSpace, label_space_from_run
 
     if args.data:
         return LabelSpace.resolve(args.data)
     if retrieve_source is not None:
         return LabelSpace.from_source(retrieve_source, origin=args.retrieve)
+    if args.pipeline:
+        if pipe.label_space is None:
+            raise GenerateError(f"--pipeline {args.pipeline} carries no label space: pass --data NAME_OR_DIR")
+        return LabelSpace.from_pipeline(pipe.label_space, origin=args.pipeline)
+    if (Path(args.stage1) / "model_index.json").is_file():  # the folder a stage 2 was trained on
+        from amlight.pipeline.label_space import PipelineLabelSpace
+
+        return LabelSpace.from_pipeline(PipelineLabelSpace.from_pretrained(args.stage1, subfolder="label_space"),
+                                        origin=args.stage1)
     return label_space_from_run(args.stage1)
 
 
@@ -270,16 +300,24 @@ def prepare(args: argparse.Namespace, kind: str, attention) -> Plan:
     try:
         notes: list[str] = []
         pipe = _load_pipeline(args, notes)
+        from amlight.pipeline.schedulers import scheduler_by_name
+
+        # --scheduler on the model's own noise schedule (its config); each call starts from a fresh copy.
+        pipe.scheduler = scheduler_by_name(args.scheduler, pipe.scheduler.config)
         retrieve_source = None
         if kind == "retrieve":
             from amlight.data.registry import build_dataset
 
             retrieve_source = build_dataset(args.retrieve, split=args.retrieve_split)
-        space = _label_space(args, retrieve_source)
+        if attention.uses_adapter and pipe.adapter is None:
+            raise GenerateError(f"--mode adapter needs an adapter, and --pipeline {args.pipeline} has none (exported "
+                                "without --adapter): use --mode augmented, or export the folder with --adapter")
+        space = _label_space(args, retrieve_source, pipe)
         if space.num_classes != pipe.num_classes:
             raise GenerateError(
                 f"the label files' dataset {space.origin or space.metadata.name!r} has {space.num_classes} classes "
-                f"but the stage-1 model {args.stage1} was trained on {pipe.num_classes}: pass --data with the "
+                f"but the stage-1 model {args.pipeline or args.stage1} was trained on {pipe.num_classes}: pass --data "
+                "with the "
                 "dataset the model was trained on"
             )
         paints = [I.parse_paint(spec, space) for spec in args.paint]
@@ -311,9 +349,11 @@ def prepare(args: argparse.Namespace, kind: str, attention) -> Plan:
         remove_if_empty(created)
         raise
     settings = {
-        "stage1": str(Path(args.stage1).resolve()),
-        "adapter": str(Path(args.adapter).resolve()) if args.adapter and attention.uses_adapter else None,
-        "mode": attention.mode, "steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
+        **({"pipeline": str(Path(args.pipeline).resolve())} if args.pipeline else
+           {"stage1": str(Path(args.stage1).resolve()),
+            "adapter": str(Path(args.adapter).resolve()) if args.adapter and attention.uses_adapter else None}),
+        "mode": attention.mode, "steps": args.steps, "scheduler": args.scheduler,
+        "guidance_scale": args.guidance_scale, "seed": args.seed,
         "appearance_strength": attention.appearance_strength, "size": list(size), "dtype": args.dtype,
         "threads": args.threads,
         "paint": [p.describe(space) for p in paints], "link": [str(link) for link in links],

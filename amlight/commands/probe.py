@@ -16,6 +16,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m amlight probe", description=__doc__)
     parser.add_argument("--stage2", help="stage-2 checkpoint (its stage-1 checkpoint is found from it)")
     parser.add_argument("--stage1", help="stage-1 checkpoint (when no --stage2: no adapter mode)")
+    parser.add_argument("--pipeline", metavar="DIR", help="an exported pipeline folder (instead of --stage1/--stage2)")
+    parser.add_argument("--base", metavar="DIR", help="the SD 1.5 folder, when the backbone_path stored in the "
+                        "stage-1 checkpoint does not exist here")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--root", default="data/synthetic")
     parser.add_argument("--resolution", type=int, default=32)
@@ -24,10 +27,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--modes", nargs="+", default=None, help="default: augmented hard_mask [adapter]")
     parser.add_argument("--out", default=None, help="JSON file for the numbers")
     args = parser.parse_args(argv)
-    if not args.stage1 and not args.stage2:
-        parser.error("give --stage2 or --stage1")
+    if args.pipeline and (args.stage1 or args.stage2 or args.base):
+        parser.error("--pipeline holds the whole model: drop --stage1/--stage2/--base")
+    if not args.stage1 and not args.stage2 and not args.pipeline:
+        parser.error("give --stage2, --stage1 or --pipeline")
 
-    from amlight.checkpoints.stage1 import load_stage1
+    from amlight.checkpoints.stage1 import find_stage1_of, load_stage1
     from amlight.data import ExemplarPairDataModule
     from amlight.apps.attention_probe import probe_attention
     from amlight.checkpoints.adapter_files import load_adapter
@@ -36,12 +41,18 @@ def main(argv: list[str]) -> int:
 
     try:
         adapter = None
-        if args.stage2:
+        if args.pipeline:
+            from amlight.checkpoints.pipeline_folder import adapter_from_pipeline_folder
+
+            stage1 = load_stage1(args.pipeline)  # a folder: its own stage 1
+            adapter = adapter_from_pipeline_folder(args.pipeline)
+        elif args.stage2:
             record = read_checkpoint(args.stage2, expect_stage="adapter")["amlight"]
-            stage1 = load_stage1(args.stage1 or record["stage1"]["path"])
+            # The stored path is the trainer's; when it is gone, the stage 1 next to the file (or by hash).
+            stage1 = load_stage1(args.stage1 or find_stage1_of(record.get("stage1") or {}, args.stage2), base=args.base)
             adapter = load_adapter(args.stage2, stage1)
         else:
-            stage1 = load_stage1(args.stage1)
+            stage1 = load_stage1(args.stage1, base=args.base)
     except CheckpointError as e:
         print(f"probe: {e}", file=sys.stderr)
         return 1

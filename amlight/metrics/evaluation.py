@@ -52,7 +52,8 @@ from amlight.metrics import (
 from amlight.metrics.images import images_from_uint8, images_to_uint8
 from amlight.metrics.report import json_number, summarize
 from amlight.modules.attention_modes import ATTENTION_MODES, BLOCK_GROUPS, AttentionSettings
-from amlight.pipeline.synthesis import AMPipeline, UncoveredClassWarning
+from amlight.pipeline.schedulers import SCHEDULERS, scheduler_by_name
+from amlight.pipeline.synthesis import UncoveredClassWarning
 
 CACHE_VERSION = 1
 SWEEP_PARAMS = ("guidance_scale", "steps", "max_resolution", "blocks", "strength")
@@ -81,6 +82,7 @@ class Settings:
     blocks: tuple[str, ...] = BLOCK_GROUPS
     max_resolution: int | None = None
     batch_size: int = 16
+    scheduler: str = "ddim"  # a name of amlight.pipeline.schedulers.SCHEDULERS: the sampler, and the banks' timesteps
 
     def __post_init__(self):
         modes = tuple(dict.fromkeys(self.modes))
@@ -108,6 +110,9 @@ class Settings:
         object.__setattr__(self, "guidance_scale", float(self.guidance_scale))
         object.__setattr__(self, "strength", float(self.strength))
         object.__setattr__(self, "batch_size", int(self.batch_size))
+        if str(self.scheduler).lower() not in SCHEDULERS:
+            raise EvaluationError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        object.__setattr__(self, "scheduler", str(self.scheduler).lower())
         try:
             self.attentions  # built (and checked) once, here
         except ValueError as e:
@@ -276,8 +281,12 @@ class Model:
         return None if adapter is None else int(adapter.max_resolution)
 
 
-def load_model(stage1: str | Path, adapter: str | Path | None = None, device: str | None = None,
-               dtype: str = "fp32") -> Model:
+def load_model(stage1: str | Path | None, adapter: str | Path | None = None, device: str | None = None,
+               dtype: str = "fp32", base: str | Path | None = None, pipeline: str | Path | None = None) -> Model:
+    """The pipeline of a stage-1 checkpoint (``base``: its SD 1.5 folder when the stored one is gone; no
+    ``stage1``: the one ``adapter`` names) and adapter, or of an exported ``pipeline`` folder."""
+    from amlight.pipeline.model_options import open_pipeline, stage1_path
+
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if dtype not in dtypes:
         raise EvaluationError(f"unknown dtype {dtype!r}; choose from {', '.join(dtypes)}")
@@ -285,12 +294,33 @@ def load_model(stage1: str | Path, adapter: str | Path | None = None, device: st
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise EvaluationError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if pipeline is None:
+        stage1 = stage1_path(None if stage1 is None else str(stage1), None if adapter is None else str(adapter))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipe = AMPipeline.from_checkpoints(stage1, adapter, device=device, dtype=dtypes[dtype])
+        pipe = open_pipeline(None if pipeline else str(stage1), None if adapter is None else str(adapter),
+                             None if pipeline is None else str(pipeline), None if base is None else str(base),
+                             device=device, dtype=dtypes[dtype])
     notes = [f"warning: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
-    return Model(pipe, str(stage1), load_stage1(stage1).sha256, None if adapter is None else str(adapter),
+    if pipeline is not None:
+        # The folder's weights identify it: the cache keys stay valid when the folder moves.
+        from amlight.checkpoints.stage1 import stage1_from_pipeline_folder
+
+        adapter_sha = _folder_adapter_sha256(Path(pipeline)) if getattr(pipe, "adapter", None) is not None else None
+        return Model(pipe, str(pipeline), stage1_from_pipeline_folder(pipeline).sha256,
+                     None if adapter_sha is None else str(pipeline), adapter_sha, dtype, notes)
+    return Model(pipe, str(stage1), load_stage1(stage1, base=base).sha256, None if adapter is None else str(adapter),
                  None if adapter is None else file_sha256(adapter), dtype, notes)
+
+
+def _folder_adapter_sha256(folder: Path) -> str:
+    """A digest of a pipeline folder's adapter weights (its am_adapter/ files, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted((folder / "am_adapter").glob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
 
 
 # --- cache ---------------------------------------------------------------------------------------
@@ -308,6 +338,8 @@ def cache_config(mode: str, settings: Settings, model: Model) -> dict:
         "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
     }
+    if settings.scheduler != "ddim":  # absent for DDIM: the cache keys of runs before --scheduler stay valid
+        config["scheduler"] = settings.scheduler
     if attention.reads_exemplar:
         config["strength"] = attention.appearance_strength
         config["blocks"] = list(settings.blocks)
@@ -357,6 +389,8 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
     ``progress``: a tqdm-like object (``update(n)``, ``set_postfix_str(s)``) or None.
     """
     pipe = model.pipe
+    # The sampler of these settings on the pipeline's noise schedule; every call draws from a fresh copy.
+    pipe.scheduler = scheduler_by_name(settings.scheduler, pipe.scheduler.config)
     attentions = settings.attentions
     if any(a.uses_adapter for a in attentions.values()) and pipe.adapter is None:
         raise EvaluationError("mode adapter needs an adapter: pass --adapter FILE, or drop adapter from --modes")
@@ -399,7 +433,7 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
                         progress.set_postfix_str(f"chunk {c + 1}/{chunks}: {mode} seed {seed}")
                     picked = torch.as_tensor(missing)
                     local = picked - begin
-                    images = pipe(
+                    images = pipe.draw(
                         pairs.target_labels[picked],
                         banks if attention.reads_exemplar else None,
                         exemplar_index=index[local] if attention.reads_exemplar else None,

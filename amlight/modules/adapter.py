@@ -9,6 +9,7 @@ import weakref
 
 import torch
 import torch.nn as nn
+from diffusers import ConfigMixin, ModelMixin
 
 from amlight.modules.attention_modes import BLOCK_GROUPS
 from amlight.modules.conv4d import CenterPivotConv4d, pool4d, unpool4d
@@ -22,7 +23,12 @@ def _norm_groups(channels: int) -> int:
     return 1
 
 
-class AMAdapter(nn.Module):
+class AMAdapter(ModelMixin, ConfigMixin):
+    """A diffusers model (config.json + safetensors in a pipeline folder, ``from_pretrained``); its
+    state_dict keys are those of the plain nn.Module it was before, so adapter files load unchanged."""
+
+    config_name = "config.json"
+
     def __init__(
         self,
         heads: int,
@@ -49,6 +55,10 @@ class AMAdapter(nn.Module):
             raise ValueError(f"unknown block group(s) {unknown}; choose from {', '.join(BLOCK_GROUPS)}")
         self.heads, self.channels, self.num_layers = heads, channels, num_layers
         self.kernel_size, self.max_resolution, self.groups = kernel_size, max_resolution, groups
+        # Registered by hand (not the decorator): ``config`` stays exactly the plain dict of arguments
+        # that stage-2 checkpoints and adapter files have always stored (``AMAdapter(**config)``).
+        self.register_to_config(heads=heads, channels=channels, num_layers=num_layers, kernel_size=kernel_size,
+                                max_resolution=max_resolution, groups=list(groups))
         self.phi = nn.ModuleDict({g: self._build_phi() for g in groups})
         self._cost_cache: dict = {}
 
@@ -68,17 +78,6 @@ class AMAdapter(nn.Module):
         # no norm or ReLU after it, so the refinement can push logits down as well as up.
         layers.append(CenterPivotConv4d(c_in, self.heads, self.kernel_size).zero_())
         return nn.Sequential(*layers)
-
-    @property
-    def config(self) -> dict:
-        return {
-            "heads": self.heads,
-            "channels": self.channels,
-            "num_layers": self.num_layers,
-            "kernel_size": self.kernel_size,
-            "max_resolution": self.max_resolution,
-            "groups": list(self.groups),
-        }
 
     @property
     def num_parameters(self) -> int:
@@ -228,4 +227,4 @@ class AMAdapter(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.config.items())
+        return ", ".join(f"{k}={v}" for k, v in self.config.items() if not k.startswith("_"))

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
 
@@ -45,7 +46,12 @@ class _TimeResBlock(nn.Module):
         return x + h
 
 
-class StructureGuidance(nn.Module):
+class StructureGuidance(ModelMixin, ConfigMixin):
+    """A diffusers model (config.json + safetensors in a pipeline folder); its state_dict keys are those
+    of the plain nn.Module it was before, so stage-1 checkpoints load unchanged."""
+
+    config_name = "config.json"
+
     def __init__(
         self,
         num_classes: int,
@@ -59,6 +65,10 @@ class StructureGuidance(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"structure guidance needs num_classes >= 1, got {num_classes}")
+        # Registered by hand (not the decorator): the config is exactly the arguments, no private keys.
+        self.register_to_config(num_classes=num_classes, out_channels=out_channels, downsample=downsample,
+                                channels=channels, blocks_per_level=blocks_per_level, scale=scale,
+                                ignore_index=ignore_index)
         levels = int(round(math.log2(downsample)))
         if 2**levels != downsample:
             raise ValueError(f"downsample must be a power of 2, got {downsample}")

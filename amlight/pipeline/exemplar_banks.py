@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from amlight.backbone import Backbone
-from amlight.pipeline.inversion import ddim_invert, sampling_timesteps
+from amlight.pipeline.inversion import invert
+from amlight.pipeline.schedulers import fresh_scheduler
 
 Bank = dict[str, torch.Tensor]
 
@@ -59,11 +60,17 @@ def build_exemplar_banks(
     steps: int = 20,
     seed: int = 0,
     match_labels: torch.Tensor | None = None,
+    scheduler=None,
 ) -> ExemplarBanks:
-    """Encode, DDIM-invert and write the banks of ``exemplar_images`` (Bx, 3, H, W) in [-1, 1].
+    """Encode, invert (deterministic DDIM along the sampler's timesteps) and write the banks of
+    ``exemplar_images`` (Bx, 3, H, W) in [-1, 1].
 
     Structure guidance reads ``exemplar_labels``; the categorical cost later reads ``match_labels``
     when given (same shape: one-to-one mapping), else ``exemplar_labels``.
+
+    ``scheduler``: the sampler the banks will serve (a template, any diffusers scheduler; None: the
+    backbone's DDIM). Bank i is written at its i-th timestep of ``steps``, on the inverted latent in
+    the scale the UNet sees there (see amlight.pipeline.inversion).
 
     Costs 2 * ``steps`` batched UNet calls over the Bx exemplars, whatever the number of targets.
     """
@@ -75,15 +82,17 @@ def build_exemplar_banks(
     # A VAE encoder samples its posterior: a fixed generator keeps the banks reproducible.
     latents = backbone.encode(images, generator=torch.Generator().manual_seed(seed))
     batch = latents.shape[0]
-    trajectory = ddim_invert(model, backbone, latents, labels, steps=steps)
+    template = scheduler if scheduler is not None else backbone.sample_scheduler()
+    sampler = fresh_scheduler(template, steps)
+    trajectory = invert(model, sampler, latents, labels, backbone.prompt_batch(batch, negative=True))
     # The appearance branch writes under the conditional prompt, as in training (inversion alone
     # uses the empty prompt).
     prompt = backbone.prompt_batch(batch).to(device, dtype)
-    timesteps = sampling_timesteps(backbone, steps)
+    timesteps = sampler.timesteps.clone()
     banks = []
     for x, t in zip(trajectory, timesteps):
-        tt = torch.full((batch,), int(t), device=device, dtype=torch.long)
-        banks.append(model.write_bank(x, tt, labels, prompt))
+        # The timestep as the sampler gives it (a float for Euler): what the UNet sees when sampling.
+        banks.append(model.write_bank(x, t.to(device).expand(batch), labels, prompt))
     calls = 2 * steps
     return ExemplarBanks(
         timesteps=timesteps,
@@ -92,5 +101,5 @@ def build_exemplar_banks(
         latent_size=tuple(latents.shape[-2:]),
         unet_calls=calls,
         unet_rows=calls * batch,
-        meta={"seed": seed},
+        meta={"seed": seed, "scheduler": type(template).__name__},
     )

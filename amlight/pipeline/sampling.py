@@ -1,13 +1,15 @@
-"""The one DDIM sampling loop (classifier-free guidance included), and the validation sampler on it.
+"""The one sampling loop (any diffusers scheduler, classifier-free guidance included), and the
+validation sampler on it.
 
-Two callers share :func:`ddim_denoise` and differ only in where each step's exemplar bank comes from
-and whether guidance is batched:
+Two callers share :func:`denoise` (also importable as ``ddim_denoise``, its name when it was DDIM
+only) and differ only in where each step's exemplar bank comes from and whether guidance is batched:
 
-- AMPipeline (METHOD.md part 7): the bank of step i is the DDIM-inverted exemplar's bank at step i;
-  guidance is batched, one UNet call over [unconditional ; conditional] rows per step.
-- :func:`ddim_sample` (validation grids, quick looks during training): the bank is written from the
-  exemplar latent noised to the step's timestep with one fixed noise draw; guidance makes two calls,
-  as it always has, so validation images stay comparable across versions.
+- AMPipeline (METHOD.md part 7): the bank of step i is the bank of the exemplar inverted along the
+  sampler's own timesteps (amlight.pipeline.inversion), at step i; guidance is batched, one UNet
+  call over [unconditional ; conditional] rows per step.
+- :func:`ddim_sample` (validation grids, quick looks during training; always DDIM): the bank is
+  written from the exemplar latent noised to the step's timestep with one fixed noise draw;
+  guidance makes two calls, as it always has, so validation images stay comparable across versions.
 
 Guidance is combined on the raw model output. Whatever the prediction type, epsilon (and x0) are
 affine in the output with coefficients that depend only on (x, t), which both halves share, and the
@@ -25,12 +27,13 @@ from amlight.modules.attention_modes import BLOCK_GROUPS, AttentionSettings
 from amlight.modules.exemplar_context import ExemplarRead
 from amlight.modules.exemplar_unet import Bank, ExemplarUNet
 from amlight.pipeline.finite import check_finite
+from amlight.pipeline.inversion import timestep_text
 
 # bank_at(i, t): the exemplar bank of sampling step i, at timestep t.
 BankSource = Callable[[int, torch.Tensor], Bank]
 
 
-def ddim_denoise(
+def denoise(
     model: ExemplarUNet,
     scheduler,
     x: torch.Tensor,
@@ -43,8 +46,16 @@ def ddim_denoise(
     guidance_scale: float = 1.0,
     batch_guidance: bool = True,
     on_unet_call: Callable[[int], None] | None = None,
+    on_step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Latents ``x`` (B, C, h, w) denoised over ``scheduler.timesteps`` (set by the caller), drawn as ``labels``.
+
+    ``scheduler``: any diffusers scheduler, fresh (multistep samplers keep past outputs: one instance
+    serves one call). ``x`` is in the variance-preserving scale (unit-variance noise, or an inverted
+    latent at the first timestep); it is multiplied by ``scheduler.init_noise_sigma`` here, and the
+    UNet sees ``scheduler.scale_model_input(x, t)`` at every step (Euler keeps x0 + sigma * eps and
+    divides by sqrt(sigma^2 + 1)), i.e. the scale the exemplar banks were written in. Timesteps go to
+    the UNet as the scheduler gives them (floats for Euler, never truncated).
 
     ``read``: how the conditional rows read the exemplar, its bank left out: step i reads
     ``bank_at(i, t)``. None: no exemplar, plain self-attention.
@@ -53,12 +64,15 @@ def ddim_denoise(
     rows (the unconditional rows' exemplar part masked off, which is exactly plain self-attention);
     else two calls of B rows.
     ``on_unet_call(rows)``: told the number of sample rows of every UNet call.
+    ``on_step_end(i, t, x)``: called after step i with the scheduler's latents; a tensor it returns
+    replaces them.
     The latents and the scheduler's arithmetic stay in float32 whatever the model's dtype (the model
     sees its own dtype): returns float32 latents. A step whose output holds NaN or inf raises
     :class:`~amlight.pipeline.finite.NonFiniteOutputError` naming the step and the layer.
     """
     n = x.shape[0]
-    x = x.float()
+    # init_noise_sigma is 1 for DDIM, DPM-Solver and UniPC (x * 1.0 is exact: DDIM's bytes do not change).
+    x = x.float() * scheduler.init_noise_sigma
     cfg = guidance_scale != 1.0
     if cfg and negative_prompt is None:
         raise ValueError("classifier-free guidance needs a negative prompt")
@@ -70,7 +84,7 @@ def ddim_denoise(
         prompt_rows, label_rows, read_rows = prompt, labels, read
 
     def unet(rows, t, labels, prompt, read=None):
-        tt = torch.full((rows.shape[0],), int(t), device=rows.device, dtype=torch.long)
+        tt = torch.as_tensor(t).to(rows.device).expand(rows.shape[0])
         out = model(rows, tt, labels, prompt, read=read)
         if on_unet_call is not None:
             on_unet_call(rows.shape[0])
@@ -79,19 +93,26 @@ def ddim_denoise(
     steps = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         step_read = None if read_rows is None else read_rows.at(bank_at(i, t))
+        x_in = scheduler.scale_model_input(x, t)
 
         def outputs():
             if batched:
-                return unet(torch.cat([x, x]), t, label_rows, prompt_rows, step_read).float().chunk(2)
-            out = unet(x, t, label_rows, prompt_rows, step_read).float()
-            return (unet(x, t, labels, negative_prompt).float() if cfg else None), out
+                return unet(torch.cat([x_in, x_in]), t, label_rows, prompt_rows, step_read).float().chunk(2)
+            out = unet(x_in, t, label_rows, prompt_rows, step_read).float()
+            return (unet(x_in, t, labels, negative_prompt).float() if cfg else None), out
 
         out_uncond, out = outputs()
         if cfg:
             out = out_uncond + guidance_scale * (out - out_uncond)
-        check_finite(out, f"sampling step {i + 1}/{steps} (timestep {int(t)})", model, outputs)
+        check_finite(out, f"sampling step {i + 1}/{steps} (timestep {timestep_text(t)})", model, outputs)
         x = scheduler.step(out, t, x).prev_sample
+        if on_step_end is not None:
+            replaced = on_step_end(i, t, x)
+            x = x if replaced is None else replaced
     return x
+
+
+ddim_denoise = denoise  # the name from when the loop was DDIM only; callers still import it
 
 
 def _with_unconditional_rows(read: ExemplarRead, n: int, device) -> ExemplarRead:
@@ -153,7 +174,7 @@ def ddim_sample(
             return model.write_bank(noisy_exemplar, tt, exemplar_labels, prompt)
 
         read = ExemplarRead(settings=settings, exemplar_labels=exemplar_labels, adapter=adapter)
-    x = ddim_denoise(
+    x = denoise(
         model, scheduler, x, target_labels, prompt, backbone.prompt_batch(batch, negative=True).to(device, dtype),
         read=read, bank_at=bank_at, guidance_scale=guidance_scale if read is not None else 1.0,
         batch_guidance=False,

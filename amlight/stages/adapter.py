@@ -17,7 +17,10 @@ from amlight.stages.frozen_parts import place_backbone, place_module
 
 class AdapterStage(DenoisingStage):
     """Args:
-        stage1_checkpoint: the GenerationStage checkpoint whose UNet and structure guidance stay frozen.
+        stage1_checkpoint: the GenerationStage checkpoint whose UNet and structure guidance stay frozen, or a
+            pipeline folder (``python -m amlight export``) whose stage 1 is used the same way.
+        base: the SD 1.5 folder to build the backbone from when the ``backbone_path`` stored in the stage-1
+            checkpoint does not exist here (trained on another machine); not used with a pipeline folder.
         num_classes, ignore_index: linked from the data by the CLI; must match stage 1's.
         adapter_channels, adapter_layers, kernel_size, max_resolution: the adapter's 4D conv stack phi.
         attention_blocks: block groups whose self-attention reads the exemplar (and gets the adapter).
@@ -42,11 +45,12 @@ class AdapterStage(DenoisingStage):
         warmup_steps: int = 50,
         sample_steps: int = 25,
         sample_guidance_scale: float = 1.0,
+        base: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         check_groups(attention_blocks)
-        stage1 = load_stage1(stage1_checkpoint)
+        stage1 = load_stage1(stage1_checkpoint, base=base)
         for name, value, expected in [("num_classes", num_classes, stage1.num_classes),
                                       ("ignore_index", ignore_index, stage1.ignore_index)]:
             if value is not None and value != expected:
