@@ -27,6 +27,7 @@ OWN_COMMANDS = {
     "metrics": ("amlight.commands.metrics", "score generated images against references (PSNR, SSIM, ΔE, FID, ...)"),
     "benchmark": ("amlight.commands.benchmark", "speed and memory benchmarks: `benchmark train`, `benchmark pipeline`"),
     "backbone": ("amlight.commands.backbone", "backbone folders: `backbone make-sd15-standin --out DIR` (SD 1.5's architecture, random weights)"),
+    "app": ("amlight.commands.app", "a local Gradio app: generate, paint, link regions, look at attention (needs the `app` extra)"),
     "rehearse": ("amlight.commands.rehearse", "`rehearse sd15`: the shipped SD 1.5 configs end to end on the CPU at 512 px (time, peak memory)"),
 }
 
