@@ -52,7 +52,9 @@ from amlight.data.registry import DatasetMetadata, Scene, register_dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".png",)
 CLASSES_FILE = "classes.yaml"
-_CLASSES_KEYS = {"name", "names", "colors", "ignore_index", "label_format", "unknown_colors", "ignore_color"}
+# controlnet_colors: read by amlight.data.controlnet_colors (the label map as a segmentation ControlNet sees it).
+_CLASSES_KEYS = {"name", "names", "colors", "ignore_index", "label_format", "unknown_colors", "ignore_color",
+                 "controlnet_colors"}
 # Other spellings a first guess is likely to use, and the key each one means.
 _CLASSES_ALIASES = {"classes": "names"}
 _CLASSES_EXAMPLE = ("e.g. `names: [sky, tree]` for index labels (pixel values 0, 1, ...), plus "
