@@ -67,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out, info = export(args.stage1, args.out, adapter=args.adapter, dtype=args.dtype, base=args.base,
                            data=args.data, overwrite=args.overwrite)
-    except (ValueError, KeyError, OSError) as e:  # bad input: one line, no traceback
-        from amlight.checkpoints.files import CheckpointError
-
-        if not isinstance(e, (ExportError, CheckpointError, ValueError, OSError)):
-            raise
+    except (ValueError, OSError) as e:  # bad input (ExportError, CheckpointError, ...): one line, no traceback
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1

@@ -304,10 +304,10 @@ def load_model(stage1: str | Path | None, adapter: str | Path | None = None, dev
     notes = [f"warning: {w.message}" for w in caught if issubclass(w.category, UserWarning)]
     if pipeline is not None:
         # The folder's weights identify it: the cache keys stay valid when the folder moves.
-        from amlight.checkpoints.stage1 import stage1_from_pipeline_folder
+        from amlight.checkpoints.pipeline_folder import folder_digest
 
         adapter_sha = _folder_adapter_sha256(Path(pipeline)) if getattr(pipe, "adapter", None) is not None else None
-        return Model(pipe, str(pipeline), stage1_from_pipeline_folder(pipeline).sha256,
+        return Model(pipe, str(pipeline), folder_digest(pipeline),  # what the folder's stage 1 is hashed as
                      None if adapter_sha is None else str(pipeline), adapter_sha, dtype, notes)
     return Model(pipe, str(stage1), load_stage1(stage1, base=base).sha256, None if adapter is None else str(adapter),
                  None if adapter is None else file_sha256(adapter), dtype, notes)
