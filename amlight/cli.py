@@ -20,6 +20,7 @@ OWN_COMMANDS = {
     "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
     "probe": ("amlight.commands.probe", "same-class attention mass per mode on validation pairs"),
     "export": ("amlight.commands.export", "write a stage-1 checkpoint (+ adapter) as a diffusers pipeline folder to share"),
+    "assemble": ("amlight.commands.assemble", "a pipeline folder from public parts: SD 1.5 + a segmentation ControlNet + a dataset's classes"),
     "export-adapter": ("amlight.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
     "generate": ("amlight.commands.generate", "draw target label maps in exemplars' appearance (pairs, all pairs, retrieval)"),
     "retrieve": ("amlight.commands.retrieve", "rank a database's exemplars for target label maps (class coverage + layout)"),

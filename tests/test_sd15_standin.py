@@ -124,3 +124,45 @@ def test_command_help_is_light_and_errors_are_one_line(tmp_path, capsys):
     assert main(["backbone", "make-sd15-standin", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "is not an amlight SD 1.5 stand-in" in err and "Traceback" not in err
+
+
+def test_controlnet_config_is_the_sd15_segmentation_controlnets_and_fits_the_unet():
+    # lllyasviel/control_v11p_sd15_seg: 361.28 M parameters, 3-channel colour maps shrunk 8x (as the VAE does)
+    from diffusers import ControlNetModel
+
+    from amlight.backbone.sd15_standin import controlnet_config
+    from amlight.commands.assemble_parts import check_controlnet_fits
+
+    config = controlnet_config()
+    assert config["conditioning_channels"] == 3 and config["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
+    with torch.device("meta"):
+        net = ControlNetModel(**config)
+    assert sum(p.numel() for p in net.parameters()) == 361_279_120
+    check_controlnet_fits(config, SD15_UNET_CONFIG, "cn", "unet", SD15_VAE_CONFIG, "vae")
+
+
+def test_standin_with_controlnet_writes_a_random_controlnet_once(tiny_standin):
+    from diffusers import ControlNetModel
+
+    from amlight.backbone.sd15_standin import CONTROLNET_DIR, controlnet_is_complete
+
+    assert not controlnet_is_complete(tiny_standin, configs=TINY_CONFIGS)
+    write_sd15_standin(tiny_standin, configs=TINY_CONFIGS, controlnet=True)
+    assert controlnet_is_complete(tiny_standin, configs=TINY_CONFIGS) and is_complete(tiny_standin, configs=TINY_CONFIGS)
+    weights = tiny_standin / CONTROLNET_DIR / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    write_sd15_standin(tiny_standin, configs=TINY_CONFIGS, controlnet=True)
+    assert weights.stat().st_mtime_ns == before
+    net = ControlNetModel.from_pretrained(tiny_standin / CONTROLNET_DIR)
+    assert net.config.conditioning_channels == 3 and list(net.config.block_out_channels) == [32, 64]
+    # random, not from_unet's zero convolutions: the residuals steer the UNet
+    down, mid = net(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=torch.randn(1, 77, 32),
+                    controlnet_cond=torch.rand(1, 3, 16, 16), return_dict=False)
+    assert mid.abs().mean() > 0 and all(torch.isfinite(d).all() for d in down)
+
+
+def test_command_has_the_controlnet_flag(capsys):
+    from amlight.cli import main
+
+    assert main(["backbone", "make-sd15-standin", "--help"]) == 0
+    assert "--controlnet" in capsys.readouterr().out

@@ -1,3 +1,3 @@
 """The applications around the inference core (amlight.pipeline): file inputs and outputs, the
 predict LightningModule, retrieval of exemplars, attention probes, notebook helpers and the
-applications of METHOD.md (one-to-one mapping, appearance strength, regional editing)."""
+applications of docs/method.md#part-9-applications (one-to-one mapping, appearance strength, regional editing)."""

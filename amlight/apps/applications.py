@@ -1,4 +1,4 @@
-"""The applications of METHOD.md part 9 as label-map operations; generation itself is unchanged.
+"""The applications of docs/method.md#part-9-applications as label-map operations; generation itself is unchanged.
 
 - One-to-one mapping: the user links a region of the exemplar to a region of the target (this car
   to that car). Both regions get a fresh label that no class and no other link has, in *match

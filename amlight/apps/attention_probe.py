@@ -1,6 +1,6 @@
 """Look at where the generation branch's attention goes in the exemplar, and measure it.
 
-The question the AM-Adapter answers (METHOD.md part 5) is whether a target region reads the exemplar
+The question the AM-Adapter answers (docs/method.md#part-5-the-am-adapter) is whether a target region reads the exemplar
 regions of its own class. :func:`probe_attention` runs one generation step with a recorder on the
 self-attention layers and keeps the exemplar part of their attention; :class:`ProbeResult` turns that
 into numbers (same-class mass, exemplar share) and :func:`heatmap_overlay` into pictures.

@@ -19,7 +19,7 @@ The unit of work is a :class:`Job`: one exemplar, one target label map, one outp
     jobs = all_pairs(["ex.png"], ["ex_labels.png"], ["t1.png", "t2.png"], cache)  # every exemplar x target
 
 and :func:`amlight.apps.outputs.generate_pairs` draws and writes them. The applications
-(METHOD.md part 9) are options of the builders: ``paints=[Paint(...)]`` edits the targets
+(docs/method.md#part-9-applications) are options of the builders: ``paints=[Paint(...)]`` edits the targets
 (segmentation editing: leave the targets out to edit each exemplar's own labels), ``links=[Link(...)]``
 pairs an exemplar region with a target region (one-to-one mapping), ``target_images=[...]`` shows the
 image a target layout came from (image-to-image translation).
@@ -185,7 +185,7 @@ def resize_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch
     return resize_labels_nearest(torch.as_tensor(np.asarray(mask)).to(torch.uint8), size).bool()
 
 
-# --- edits and links (METHOD.md part 9) -------------------------------------------------------
+# --- edits and links (docs/method.md#part-9-applications) -------------------------------------------------------
 
 
 @dataclass(frozen=True)

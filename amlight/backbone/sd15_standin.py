@@ -74,6 +74,15 @@ REQUIRED_FILES = (
     "scheduler/scheduler_config.json",
 )
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# The segmentation ControlNet for SD 1.5 (lllyasviel/control_v11p_sd15_seg): the UNet's encoder config
+# (these keys, copied from the UNet's) plus a conditioning embedding that reads a 3-channel colour map at
+# the image size and shrinks it 8x, as the VAE does. Written to DIR/controlnet/ with --controlnet.
+CONTROLNET_DIR = "controlnet"
+CONTROLNET_UNET_KEYS = ("in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "block_out_channels",
+                        "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
+                        "norm_num_groups", "norm_eps", "cross_attention_dim", "attention_head_dim")
+CONTROLNET_EMBEDDING = [16, 32, 96, 256]
+CONTROLNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 class StandinError(ValueError):
@@ -98,6 +107,65 @@ def is_complete(folder: str | Path, seed: int = 0, configs: dict[str, dict[str, 
     if marker.get("spec") != json.loads(json.dumps(_spec(seed, configs))):
         return False
     return all((folder / f).is_file() and (folder / f).stat().st_size > 0 for f in REQUIRED_FILES)
+
+
+def controlnet_config(configs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The stand-in ControlNet's config for the stand-in's UNet and VAE (SD 1.5's by default): one
+    stride-2 step of the conditioning embedding per VAE downsampling, so it reads image-size maps."""
+    cfg = configs or SD15_CONFIGS
+    levels = len(cfg["vae"].get("block_out_channels", [64]))
+    embedding = CONTROLNET_EMBEDDING[:levels] if levels <= len(CONTROLNET_EMBEDDING) else [16] * levels
+    return {**{k: cfg["unet"][k] for k in CONTROLNET_UNET_KEYS if k in cfg["unet"]},
+            "conditioning_channels": 3, "conditioning_embedding_out_channels": embedding}
+
+
+def controlnet_is_complete(folder: str | Path, seed: int = 0, configs: dict[str, dict[str, Any]] | None = None) -> bool:
+    """True when ``folder/controlnet`` holds the stand-in ControlNet of this seed and configs."""
+    part = Path(folder) / CONTROLNET_DIR
+    try:
+        marker = json.loads((part / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker.get("spec") != json.loads(json.dumps({"seed": seed, "controlnet": controlnet_config(configs)})):
+        return False
+    return all((part / f).is_file() and (part / f).stat().st_size > 0 for f in CONTROLNET_FILES)
+
+
+def write_controlnet_standin(out: str | Path, seed: int = 0, force: bool = False,
+                             progress: Callable[[str], None] | None = None,
+                             configs: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write ``out/controlnet/``: a ControlNetModel with the SD 1.5 segmentation ControlNet's architecture
+    (361 M parameters at SD 1.5's size) and random weights (``fill_random_``, so its residuals are not the
+    zero a fresh ``from_unet`` gives: the structure path is exercised at full cost). Atomic, like the rest."""
+    import torch
+    from diffusers import ControlNetModel
+
+    say = progress or (lambda message: None)
+    part = Path(out) / CONTROLNET_DIR
+    if controlnet_is_complete(out, seed, configs) and not force:
+        say(f"{part} already holds the stand-in ControlNet (seed {seed}): nothing to do")
+        return part
+    config = controlnet_config(configs)
+    with torch.device("meta"):
+        net = ControlNetModel(**config)
+    net = net.to_empty(device="cpu")
+    if any(True for _ in net.buffers()):
+        raise StandinError("the ControlNet has buffers that the meta-device build leaves empty")
+    count = fill_random_(net, torch.Generator().manual_seed(seed + 3))
+    say(f"ControlNet ({count / 1e6:.1f} M parameters): saving (safetensors)")
+    tmp = part.parent / f".{part.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        net.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / MARKER).write_text(json.dumps({"spec": {"seed": seed, "controlnet": config},
+                                              "note": "random weights, not lllyasviel/control_v11p_sd15_seg's"},
+                                             indent=2) + "\n")
+        if part.exists():
+            shutil.rmtree(part)
+        tmp.rename(part)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return part
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------
@@ -204,8 +272,9 @@ def _unet(seed: int, config: dict[str, Any]):
 
 def write_sd15_standin(out: str | Path, seed: int = 0, force: bool = False,
                        progress: Callable[[str], None] | None = None,
-                       configs: dict[str, dict[str, Any]] | None = None) -> Path:
-    """Write the stand-in to ``out`` (skipped when a complete one with this seed is there, unless ``force``).
+                       configs: dict[str, dict[str, Any]] | None = None, controlnet: bool = False) -> Path:
+    """Write the stand-in to ``out`` (skipped when a complete one with this seed is there, unless ``force``);
+    ``controlnet``: also ``out/controlnet/`` (:func:`write_controlnet_standin`).
     The parts are written to a sibling temporary folder and moved into place at the end, so an
     interrupted run never leaves a folder that looks complete. ``configs`` ({"unet", "vae",
     "text_encoder"}) replaces SD 1.5's: only the test suite's dry runs shrink the model this way."""
@@ -214,6 +283,8 @@ def write_sd15_standin(out: str | Path, seed: int = 0, force: bool = False,
     cfg = configs or SD15_CONFIGS
     if is_complete(out, seed, configs) and not force:
         say(f"{out} already holds a complete SD 1.5 stand-in (seed {seed}): nothing to do")
+        if controlnet:
+            write_controlnet_standin(out, seed, False, say, configs)
         return out
     if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file() and not force:
         raise StandinError(f"{out} exists, is not empty and is not an amlight SD 1.5 stand-in; "
@@ -271,4 +342,6 @@ def write_sd15_standin(out: str | Path, seed: int = 0, force: bool = False,
         step(f"done: {out}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if controlnet:
+        write_controlnet_standin(out, seed, force, say, configs)
     return out

@@ -10,6 +10,11 @@ that its wall time and peak resident memory are its own (``os.wait4`` reports th
 5. ``generate``: one image, adapter mode, classifier-free guidance
 6. ``evaluate``: every mode on the fixture's listed pairs
 
+With ``controlnet`` (``rehearse sd15 --controlnet``), public weights' path instead: the stand-in with
+its segmentation ControlNet, ``assemble`` (a pipeline folder from the two), ``stage2`` with
+``configs/sd15/<dataset>/stage2_controlnet.yaml`` on that folder, and ``generate`` of one image in
+``augmented`` mode from the folder (no stage 1, no evaluate).
+
 The fits run with the rehearsal folder as their working directory: every relative path the shipped
 config names (checkpoints, logs) lands inside it, whichever way the config derives them.
 No torch import here: this process only launches and measures.
@@ -63,6 +68,7 @@ class Settings:
     eval_modes: str | None = None  # default: evaluate's own (all four)
     guidance_scale: float = 3.0
     memory_limit_gib: float = 24.0
+    controlnet: bool = False  # the public-weights path: assemble + stage 2 + generate (module docstring)
     configs: Path = field(default_factory=lambda: REPO / "configs" / "sd15")
 
     def fixture_root(self) -> Path:
@@ -197,12 +203,21 @@ def rehearse(s: Settings, echo: Callable[[str], None] = lambda m: print(m, file=
         return phase
 
     try:
-        run(Phase("standin", [*py, "-m", "amlight", "backbone", "make-sd15-standin", "--out", str(standin)]))
+        run(Phase("standin", [*py, "-m", "amlight", "backbone", "make-sd15-standin", "--out", str(standin)]
+                  + (["--controlnet"] if s.controlnet else [])))
         run(Phase("fixture", [*py, "-c", (
             "import sys; from amlight.data.layout_fixtures import write_layout_fixture; "
             f"print(write_layout_fixture({s.dataset!r}, {str(fixture)!r}, num_train=2, "
             f"num_val_groups={max(1, s.eval_pairs)}, progress=print))")]))
         pairs = fixture / "amlight_pairs" / "val.json"
+        # One image: the first pair only.
+        first = out / "generate_pairs.json"
+        first.write_text(json.dumps({"pairs": [_absolute(e, pairs.parent) for e in
+                                               json.loads(pairs.read_text())["pairs"][:1]]}) + "\n")
+        if s.controlnet:
+            _controlnet_phases(s, out, standin, first, config_dir, run)
+            record["ok"] = True
+            return record
 
         stage1_cmd = [*py, "-m", "amlight", "fit", "--config", str(config_dir / "stage1.yaml"),
                       *fit_overrides(s, "stage1"), "--model.init_args.backbone_path", str(standin)]
@@ -247,10 +262,6 @@ def rehearse(s: Settings, echo: Callable[[str], None] = lambda m: print(m, file=
                 raise RehearsalError(f"generate wrote a {size[0]}x{size[1]} image, expected {s.resolution}x{s.resolution}")
             return f"-> {len(images)} image(s) {size[0]}x{size[1]}"
 
-        # One image: the first pair only.
-        first = out / "generate_pairs.json"
-        first.write_text(json.dumps({"pairs": [_absolute(e, pairs.parent) for e in
-                                               json.loads(pairs.read_text())["pairs"][:1]]}) + "\n")
         gen_cmd[gen_cmd.index("--pairs") + 1] = str(first)
         run(Phase("generate", gen_cmd), check_generate)
 
@@ -282,14 +293,88 @@ def rehearse(s: Settings, echo: Callable[[str], None] = lambda m: print(m, file=
     return record
 
 
+def _check_image(folder: Path, resolution: int) -> str:
+    from PIL import Image
+
+    images = sorted(folder.glob("*__*.png"))  # <exemplar>__<target>.png; not grid.png
+    if not images:
+        raise RehearsalError(f"generate wrote no image into {folder}")
+    with Image.open(images[0]) as im:
+        size = im.size
+    if size != (resolution, resolution):
+        raise RehearsalError(f"generate wrote a {size[0]}x{size[1]} image, expected {resolution}x{resolution}")
+    return f"-> {len(images)} image(s) {size[0]}x{size[1]}"
+
+
+_CLASS_INDEX_PAIRS = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from amlight.apps.inputs import LabelSpace
+dataset, root, pairs, out = sys.argv[1:5]
+space = LabelSpace.resolve(dataset, root=root)
+entries = json.loads(Path(pairs).read_text())["pairs"]
+Path(out).mkdir(parents=True, exist_ok=True)
+for entry in entries:
+    for key, value in list(entry.items()):
+        if isinstance(value, str):
+            entry[key] = str((Path(pairs).parent / value).resolve())
+    for key in ("exemplar_labels", "target_labels"):
+        target = Path(out) / (Path(entry[key]).stem + "_classes.png")
+        Image.fromarray(space.load_labels(entry[key]).astype(np.uint8)).save(target)
+        entry[key] = str(target)
+Path(out, "pairs.json").write_text(json.dumps({"pairs": entries}) + "\\n")
+"""
+
+
+def class_index_pairs(dataset: str, fixture: Path, pairs: Path, out: Path) -> Path:
+    """The pairs file ``pairs`` with its label maps rewritten as class-index PNGs under ``out`` (returns
+    ``out/pairs.json``). A pipeline folder assembled for a registered dataset carries its classes but not
+    the dataset files' raw-id decoding (Cityscapes' labelIds are mapped by file name), so it reads class
+    indices; run in a subprocess: this process imports no torch."""
+    done = subprocess.run([*_python(), "-c", _CLASS_INDEX_PAIRS, dataset, str(fixture), str(pairs), str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RehearsalError(f"cannot rewrite the label maps of {pairs} as class indices:\n{done.stderr[-2000:]}")
+    return out / "pairs.json"
+
+
+def _controlnet_phases(s: Settings, out: Path, standin: Path, pairs: Path, config_dir: Path, run) -> None:
+    """assemble -> stage 2 on the folder -> one augmented image from the folder (see the module docstring)."""
+    py = _python()
+    folder = out / "pipeline"
+    run(Phase("assemble", [*py, "-m", "amlight", "assemble", "--base", str(standin), "--controlnet",
+                           str(standin / "controlnet"), "--data", s.dataset, "--out", str(folder)]),
+        lambda: f"-> {folder.name}/ ({sum(p.stat().st_size for p in folder.rglob('*') if p.is_file()) / GIB:.2f} GiB)")
+    stage2_cmd = [*py, "-m", "amlight", "fit", "--config", str(config_dir / "stage2_controlnet.yaml"),
+                  *fit_overrides(s, "stage2"), "--model.init_args.stage1_checkpoint", str(folder)]
+    holder: dict[str, Path] = {}
+
+    def check_stage2() -> str:
+        holder["s2"] = _find_one(out / "stage2", "last.ckpt", "stage-2 checkpoint")
+        return f"-> {holder['s2'].relative_to(out)} ({holder['s2'].stat().st_size / 1024:.0f} KiB)"
+
+    run(Phase("stage2", stage2_cmd), check_stage2)
+    gen_out = out / "generate"
+    pairs = class_index_pairs(s.dataset, s.fixture_root().resolve(), pairs, out / "labels")
+    gen_cmd = [*py, "-m", "amlight", "generate", "--pipeline", str(folder), "--pairs", str(pairs),
+               "--out", str(gen_out), "--mode", "augmented", "--steps", str(s.sample_steps),
+               "--guidance-scale", str(s.guidance_scale), "--size", str(s.resolution), str(s.resolution),
+               "--device", "cpu", "--batch-size", "1", "--quiet"]
+    run(Phase("generate", gen_cmd), lambda: _check_image(gen_out, s.resolution))
+
+
 def _absolute(entry: dict, base: Path) -> dict:
     return {k: str((base / v).resolve()) if isinstance(v, str) else v for k, v in entry.items()}
 
 
 def format_table(record: dict) -> str:
     s = record["settings"]
+    public = str(s.get("controlnet")) == "True"
     lines = [
-        f"SD 1.5 rehearsal ({s['dataset']}, {s['resolution']}x{s['resolution']}, {s['train_steps']} training step(s) "
+        ("SD 1.5 + segmentation ControlNet rehearsal (public-weights path: assemble, stage 2, generate augmented; "
+         if public else "SD 1.5 rehearsal (") + f"{s['dataset']}, {s['resolution']}x{s['resolution']}, {s['train_steps']} training step(s) "
         f"per stage, {s['sample_steps']} sampling steps, precision {s['precision']}, batch 1, CPU)",
         "",
         "| phase | wall time (s) | peak RSS (GiB) | result |",

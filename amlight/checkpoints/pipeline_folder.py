@@ -20,12 +20,12 @@ from amlight.checkpoints.files import CheckpointError, cached_sha256
 INDEX = "model_index.json"
 PIPELINE_CLASS = "AMPipeline"
 REQUIRED = ("unet", "structure_guidance", "scheduler")
-# Components amlight defines itself: the class model_index.json must name for each.
+# Components amlight defines itself: the classes model_index.json may name for each.
 OWN_CLASSES = {
-    "structure_guidance": "StructureGuidance",
-    "am_adapter": "AMAdapter",
-    "prompt_embeddings": "PromptEmbeddings",
-    "label_space": "PipelineLabelSpace",
+    "structure_guidance": ("StructureGuidance", "ControlNetGuidance"),
+    "am_adapter": ("AMAdapter",),
+    "prompt_embeddings": ("PromptEmbeddings",),
+    "label_space": ("PipelineLabelSpace",),
 }
 # Where each kind of component keeps its config, and what its weights are called.
 CONFIG_FILES = {"scheduler": "scheduler_config.json", "tokenizer": "tokenizer_config.json"}
@@ -84,9 +84,9 @@ def check_pipeline_folder(path: str | Path) -> dict[str, Any]:
             continue
         library, class_name = entry
         expected = OWN_CLASSES.get(name)
-        if expected is not None and (class_name != expected or not str(library).startswith("amlight.")):
+        if expected is not None and (class_name not in expected or not str(library).startswith("amlight.")):
             raise PipelineFolderError(f"{path / INDEX}: component {name!r} is {library}.{class_name}, "
-                                      f"amlight's is {expected}")
+                                      f"amlight's is {' or '.join(expected)}")
         folder = path / name
         if not folder.is_dir():
             raise PipelineFolderError(f"{folder} does not exist, but {path / INDEX} lists the component {name!r}")

@@ -71,6 +71,7 @@ def stage1_from_pipeline_folder(path: str | Path):
     and scheduler) of a pipeline folder, cached per process while its files are unchanged."""
     from diffusers import UNet2DConditionModel
 
+    from amlight.modules.controlnet_guidance import ControlNetGuidance
     from amlight.modules.exemplar_unet import ExemplarUNet
     from amlight.modules.structure_guidance import StructureGuidance
 
@@ -83,16 +84,20 @@ def stage1_from_pipeline_folder(path: str | Path):
     index = read_model_index(path)
     with torch.inference_mode(False):
         unet = own_memory(_load_part(UNet2DConditionModel, path / "unet"))
-        guidance = own_memory(_load_part(StructureGuidance, path / "structure_guidance"))
+        guidance_class = ControlNetGuidance if index["structure_guidance"][1] == "ControlNetGuidance" else StructureGuidance
+        guidance = own_memory(_load_part(guidance_class, path / "structure_guidance"))
         backbone = backbone_from_spec({"preset": "pipeline", "path": str(path)})
         model = ExemplarUNet(unet, guidance, ignore_index=int(guidance.ignore_index)).eval()
     hparams = {
         "num_classes": int(guidance.config.num_classes),
         "ignore_index": int(guidance.config.ignore_index),
-        "guidance_channels": int(guidance.config.channels),
-        "guidance_scale": float(guidance.config.scale),
         "backbone": {"preset": "pipeline", "path": str(path)},
     }
+    if guidance.is_controlnet:
+        hparams.update(guidance="controlnet", guidance_scale=float(guidance.config.conditioning_scale),
+                       class_colors=[list(c) for c in guidance.config.class_colors])
+    else:
+        hparams.update(guidance_channels=int(guidance.config.channels), guidance_scale=float(guidance.config.scale))
     if index.get("stage1_sha256"):
         hparams["source_sha256"] = index["stage1_sha256"]
     stage1 = Stage1Model(str(path), folder_digest(path), backbone, freeze(model), hparams)
@@ -136,10 +141,7 @@ def load_stage1(path: str | Path, base: str | Path | None = None) -> Stage1Model
     # through the cache, and inference-tensor weights would break any later training through it.
     with torch.inference_mode(False):
         backbone = backbone_from_spec(spec)
-        model = build_exemplar_unet(
-            backbone, hp["num_classes"], hp.get("ignore_index", 255),
-            guidance_channels=hp.get("guidance_channels", 32), guidance_scale=hp.get("guidance_scale", 1.0),
-        )
+        model = _stage1_model(backbone, hp)
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         try:
             model.load_state_dict(state, strict=True)
@@ -151,6 +153,25 @@ def load_stage1(path: str | Path, base: str | Path | None = None) -> Stage1Model
         del _CACHE[stale]  # an earlier version of this file
     _CACHE[key] = stage1
     return stage1
+
+
+def _stage1_model(backbone, hp: dict[str, Any]):
+    """The (untrained) model a stage-1 checkpoint's weights load into, from its hyper-parameters."""
+    if hp.get("controlnet_config"):
+        # A run started from a pipeline folder (``init_from``): its ControlNet's own architecture (a public
+        # one need not be what ``controlnet_from_unet`` builds), stored with the hyper-parameters.
+        from amlight.modules.controlnet_guidance import ControlNetGuidance
+        from amlight.modules.exemplar_unet import ExemplarUNet
+
+        ignore = hp.get("ignore_index", 255)
+        net = ControlNetGuidance(hp["num_classes"], hp["class_colors"], hp["controlnet_config"],
+                                 conditioning_scale=hp.get("guidance_scale", 1.0), ignore_index=ignore)
+        return ExemplarUNet(backbone.new_unet(), net, ignore_index=ignore)
+    return build_exemplar_unet(
+        backbone, hp["num_classes"], hp.get("ignore_index", 255),
+        guidance_channels=hp.get("guidance_channels", 32), guidance_scale=hp.get("guidance_scale", 1.0),
+        guidance=hp.get("guidance") or "structure", class_colors=hp.get("class_colors"),
+    )
 
 
 def backbone_spec(stored: dict[str, Any], checkpoint: str | Path, base: str | Path | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``python -m amlight backbone make-sd15-standin --out DIR``: SD 1.5's architecture with random weights.
+"""``python -m amlight backbone make-sd15-standin --out DIR [--controlnet]``: SD 1.5's architecture (and
+its segmentation ControlNet's) with random weights.
 
 Light at import time (argparse only): torch, diffusers and transformers load after parsing.
 """
@@ -26,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--out", metavar="DIR", required=True, help="folder to write")
     make.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random weights (default: 0)")
     make.add_argument("--force", action="store_true", help="rewrite even a complete folder")
+    make.add_argument("--controlnet", action="store_true",
+                      help="also write DIR/controlnet/: a ControlNetModel with the architecture of the SD 1.5 "
+                      "segmentation ControlNet (lllyasviel/control_v11p_sd15_seg: 361 M parameters, 3-channel "
+                      "colour maps) and random weights, for `amlight assemble --controlnet DIR/controlnet`")
     return parser
 
 
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from amlight.backbone.sd15_standin import StandinError, write_sd15_standin
 
     try:
-        out = write_sd15_standin(args.out, seed=args.seed, force=args.force,
+        out = write_sd15_standin(args.out, seed=args.seed, force=args.force, controlnet=args.controlnet,
                                  progress=lambda m: print(f"[sd15-standin] {m}", file=sys.stderr, flush=True))
     except (StandinError, OSError) as e:
         print(f"amlight backbone make-sd15-standin: {e}", file=sys.stderr)

@@ -5,7 +5,11 @@ from the same seeds, and every mode is scored on the same pairs against the grou
 SSIM, ΔE per class, label-recovery mIoU; Self-sim, I_CLIP, FID and segmenter mIoU when their
 weights are given). Writes ``OUT/results.json`` (settings, per mode and metric: mean, ci95, n,
 per-pair values, direction), ``OUT/results.md`` (the table) and ``OUT/grid.png`` (exemplar | target
-labels | ground truth | one column per mode, first 8 pairs).
+labels | ground truth | one column per mode, first 8 pairs). On a model whose structure guidance is a
+ControlNet the modes are the paper's baselines and the table names them so ("ControlNet", "ControlNet +
+cross-image attention", "ControlNet + masked attention", "ControlNet + AM-Adapter"; results.json adds
+them as each mode's "label"); ``--controlnet-scale X`` draws at another conditioning scale (recorded,
+part of the cache key).
 
 Generated images are cached under ``OUT/cache/<config_key>/<mode>/`` (see
 :mod:`amlight.metrics.evaluation`): a re-run draws nothing it already has, and changing a setting
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--guidance-scale", type=non_negative_float, default=3.0, help="(default: %(default)s)")
     run.add_argument("--strength", type=non_negative_float, default=1.0,
                      help="appearance strength: weight of the exemplar in attention (default: %(default)s)")
+    run.add_argument("--controlnet-scale", type=non_negative_float, metavar="X",
+                     help="weight of the ControlNet's residuals, exemplar inversion included (models whose structure "
+                     "guidance is a ControlNet; default: the model's own)")
     run.add_argument("--blocks", default="down+mid+up", metavar="GROUPS",
                      help="block groups that read the bank, joined with '+' (default: %(default)s)")
     run.add_argument("--max-resolution", type=int_at_least(1), metavar="N",
@@ -105,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--name", help="title of the results (default: the --out folder's name)")
     out.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
                      help="one full evaluation per value, rows in OUT/sweeps.md; PARAM one of guidance_scale, steps, "
-                     "max_resolution, blocks (values like down+up), strength; repeatable (one table each)")
+                     "max_resolution, blocks (values like down+up), strength, controlnet_scale; repeatable (one "
+                     "table each)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -212,7 +220,7 @@ def prepare(args):
     settings = Settings(modes=tuple(modes), seeds=tuple(seeds), steps=args.steps, guidance_scale=args.guidance_scale,
                         strength=args.strength, blocks=parse_blocks(args.blocks), max_resolution=args.max_resolution,
                         batch_size=AUTO_BATCH_CAP if args.batch_size == "auto" else args.batch_size,
-                        scheduler=args.scheduler)
+                        scheduler=args.scheduler, controlnet_scale=args.controlnet_scale)
     sweeps = [parse_sweep(text) for text in args.sweep]
     draws_adapter = any(a.uses_adapter for a in settings.attentions.values())
     if (args.max_resolution is not None or any(p == "max_resolution" for p, _ in sweeps)) and not draws_adapter:
@@ -235,6 +243,10 @@ def prepare(args):
     pipe = model.pipe
     if args.pipeline and draws_adapter and pipe.adapter is None:
         raise _Error(f"--pipeline {args.pipeline} has no adapter: drop mode adapter from --modes")
+    scaled = args.controlnet_scale is not None or any(p == "controlnet_scale" for p, _ in sweeps)
+    if scaled and not getattr(pipe, "is_controlnet", False):
+        raise _Error(f"--controlnet-scale: the model {args.pipeline or model.stage1_path} has no ControlNet (its "
+                     f"structure guidance is {type(pipe.model.guidance).__name__}): drop --controlnet-scale")
     if args.pipeline:
         from amlight.apps.inputs import LabelSpace
 

@@ -99,7 +99,7 @@ def export(stage1: str | None, out: str | Path, adapter: str | None = None, dtyp
     if not stage1 and not adapter:
         raise ExportError("give --stage1 CKPT (and optionally --adapter FILE)")
     out = Path(out)
-    _check_out(out, overwrite)
+    check_out_folder(out, overwrite)
     for flag, path in (("--stage1", stage1), ("--adapter", adapter)):
         if path and not Path(path).exists():
             raise ExportError(f"{flag} {path} does not exist")
@@ -149,15 +149,16 @@ def _shareable(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out_folder(out: Path, overwrite: bool, error: type[Exception] = ExportError) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder other than a pipeline folder to overwrite."""
     if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file: give a folder")
+        raise error(f"--out {out} is a file: give a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise ExportError(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace the "
+            raise error(f"--out {out} is not empty: choose a new folder, or pass --overwrite to replace the "
                               "pipeline folder there")
         if not (out / "model_index.json").is_file():
-            raise ExportError(f"--out {out} holds files but no pipeline folder (no model_index.json): --overwrite "
+            raise error(f"--out {out} holds files but no pipeline folder (no model_index.json): --overwrite "
                               "only replaces a pipeline folder; choose a new folder")
 
 

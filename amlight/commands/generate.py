@@ -6,7 +6,7 @@ Inputs, one of::
     --pairs pairs.json                                                               listed pairs
     --target-labels LBL [...] --retrieve NAME_OR_DIR [--top-k K]                     retrieved exemplars
 
-Applications (METHOD.md part 9): ``--link EX_MASK:TGT_MASK`` (one-to-one mapping: this exemplar region
+Applications (docs/method.md#part-9-applications): ``--link EX_MASK:TGT_MASK`` (one-to-one mapping: this exemplar region
 lends its appearance to that target region; a side may be ``INSTANCE_PNG#ID``), ``--paint
 CLASS@x0,y0,x1,y1`` (segmentation editing: paint a box of the target labels with a class; without
 --target-labels the target is each exemplar's own label map), ``--target-images`` (translation: the
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--seed", type=int, default=0, help="noise seed of every target (default: %(default)s)")
     sampling.add_argument("--strength", type=non_negative_float, default=1.0,
                           help="appearance strength: weight of the exemplar in attention (default: %(default)s)")
+    sampling.add_argument("--controlnet-scale", type=non_negative_float, metavar="X",
+                          help="weight of the ControlNet's residuals, exemplar inversion included (models whose "
+                          "structure guidance is a ControlNet; default: the model's own)")
     sampling.add_argument("--size", type=int_at_least(1), nargs=2, metavar=("H", "W"),
                           help="image size (default: the model's native resolution); inputs are resized "
                           "(images bilinear, labels nearest)")
@@ -309,6 +312,9 @@ def prepare(args: argparse.Namespace, kind: str, attention) -> Plan:
             from amlight.data.registry import build_dataset
 
             retrieve_source = build_dataset(args.retrieve, split=args.retrieve_split)
+        if args.controlnet_scale is not None and not pipe.is_controlnet:
+            raise GenerateError(f"--controlnet-scale: the model {args.pipeline or args.stage1} has no ControlNet (its "
+                                f"structure guidance is {type(pipe.model.guidance).__name__}): drop --controlnet-scale")
         if attention.uses_adapter and pipe.adapter is None:
             raise GenerateError(f"--mode adapter needs an adapter, and --pipeline {args.pipeline} has none (exported "
                                 "without --adapter): use --mode augmented, or export the folder with --adapter")
@@ -356,6 +362,8 @@ def prepare(args: argparse.Namespace, kind: str, attention) -> Plan:
         "guidance_scale": args.guidance_scale, "seed": args.seed,
         "appearance_strength": attention.appearance_strength, "size": list(size), "dtype": args.dtype,
         "threads": args.threads,
+        # The scale drawn with (given or the model's own); absent for models without a ControlNet.
+        **({"controlnet_scale": pipe.model.controlnet_scale(args.controlnet_scale)} if pipe.is_controlnet else {}),
         "paint": [p.describe(space) for p in paints], "link": [str(link) for link in links],
     }
     writer = ResultWriter(args.out, overwrite=args.overwrite, triplets=args.triplets, metadata=space.metadata)
@@ -384,9 +392,10 @@ def execute(plan: Plan, args: argparse.Namespace) -> int:
               f"({'; '.join(changed)}); they are kept: pass --overwrite to redraw them", file=err)
     arguments = {k: v for k, v in vars(args).items()}
     start = time.perf_counter()
+    pipe = plan.pipe if args.controlnet_scale is None else ControlNetScaled(plan.pipe, args.controlnet_scale)
     try:
         report = generate_pairs(
-            plan.pipe, plan.jobs, plan.writer, attention=plan.attention, steps=args.steps,
+            pipe, plan.jobs, plan.writer, attention=plan.attention, steps=args.steps,
             guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
             class_name=plan.space.class_name,
         )
@@ -411,6 +420,24 @@ def execute(plan: Plan, args: argparse.Namespace) -> int:
               f"{report.unet_calls} UNet calls)")
     print(f"summary: {summary}" + (f"   grid: {grid}" if grid else ""))
     return EXIT_OK
+
+
+class ControlNetScaled:
+    """``pipe`` whose ``build_banks`` and ``draw`` calls all get ``controlnet_conditioning_scale=scale``:
+    the scale travels as an argument of each call (nothing is set on the pipeline), and banks and
+    images of one run share it. Everything else is the pipeline's own."""
+
+    def __init__(self, pipe, scale: float):
+        self._pipe, self._scale = pipe, float(scale)
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def build_banks(self, *args, **kwargs):
+        return self._pipe.build_banks(*args, controlnet_conditioning_scale=self._scale, **kwargs)
+
+    def draw(self, *args, **kwargs):
+        return self._pipe.draw(*args, controlnet_conditioning_scale=self._scale, **kwargs)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--eval-pairs", type=int_at_least(1), default=2, help="pairs evaluated (default: %(default)s)")
     sd.add_argument("--eval-modes", metavar="LIST", default=None,
                     help="modes evaluated, comma-separated (default: evaluate's: all four)")
+    sd.add_argument("--controlnet", action="store_true",
+                    help="the public-weights path instead: the stand-in with its segmentation ControlNet "
+                    "(make-sd15-standin --controlnet), `assemble` of a pipeline folder from them, `fit` of "
+                    "configs/sd15/<dataset>/stage2_controlnet.yaml on that folder and `generate` of one image in "
+                    "augmented mode from it (no stage 1, no evaluate)")
     sd.add_argument("--memory-limit-gib", type=float, default=24.0,
                     help="fail when a phase's peak resident memory exceeds this (default: %(default)s)")
     return parser
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset, out=Path(args.out), standin=Path(args.standin),
         fixture=Path(args.fixture) if args.fixture else None, resolution=args.resolution, train_steps=args.steps,
         sample_steps=args.sample_steps, precision=args.precision, eval_pairs=args.eval_pairs,
-        eval_modes=args.eval_modes, memory_limit_gib=args.memory_limit_gib,
+        eval_modes=args.eval_modes, memory_limit_gib=args.memory_limit_gib, controlnet=args.controlnet,
     )
     try:
         record = rehearse(settings)

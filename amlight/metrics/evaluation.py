@@ -1,7 +1,7 @@
 """The paired benchmark behind ``python -m amlight evaluate``: every attention mode, same pairs, same noise.
 
 For each pair of a pairs file (exemplar, target labels, ground truth) and each seed, every requested
-mode (METHOD.md "Ablation modes": structure_only, augmented, hard_mask, adapter) draws the target
+mode (docs/method.md#ablation-modes: structure_only, augmented, hard_mask, adapter) draws the target
 from the same initial noise (``Generator().manual_seed(seed)`` per target), so the modes differ only
 in how the generation branch reads the exemplar. Pairs are processed in fixed chunks of
 ``batch_size`` (pair ``i`` is always in chunk ``i // batch_size``); each chunk's exemplars are
@@ -56,9 +56,13 @@ from amlight.pipeline.schedulers import SCHEDULERS, scheduler_by_name
 from amlight.pipeline.synthesis import UncoveredClassWarning
 
 CACHE_VERSION = 1
-SWEEP_PARAMS = ("guidance_scale", "steps", "max_resolution", "blocks", "strength")
+SWEEP_PARAMS = ("guidance_scale", "steps", "max_resolution", "blocks", "strength", "controlnet_scale")
 GROUND_TRUTH = ("psnr", "ssim", "delta_e", "label_miou")
 PAPER_METRICS = ("self_sim", "clip", "fid", "seg_miou")
+# With a ControlNet as the structure guidance the four modes are the paper's baselines (and its method):
+# the rows of the table are named so (results.json keeps the mode keys and adds these as "label").
+CONTROLNET_LABELS = {"structure_only": "ControlNet", "augmented": "ControlNet + cross-image attention",
+                     "hard_mask": "ControlNet + masked attention", "adapter": "ControlNet + AM-Adapter"}
 DIRECTION = {"psnr": "higher", "ssim": "higher", "delta_e": "lower", "label_miou": "higher",
              "self_sim": "lower", "clip": "higher", "fid": "lower", "seg_miou": "higher"}
 
@@ -83,6 +87,7 @@ class Settings:
     max_resolution: int | None = None
     batch_size: int = 16
     scheduler: str = "ddim"  # a name of amlight.pipeline.schedulers.SCHEDULERS: the sampler, and the banks' timesteps
+    controlnet_scale: float | None = None  # a ControlNet's conditioning scale; None: the model's own
 
     def __post_init__(self):
         modes = tuple(dict.fromkeys(self.modes))
@@ -113,6 +118,10 @@ class Settings:
         if str(self.scheduler).lower() not in SCHEDULERS:
             raise EvaluationError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         object.__setattr__(self, "scheduler", str(self.scheduler).lower())
+        if self.controlnet_scale is not None:
+            if not (np.isfinite(float(self.controlnet_scale)) and float(self.controlnet_scale) >= 0):
+                raise EvaluationError(f"controlnet_scale must be a finite number >= 0, got {self.controlnet_scale}")
+            object.__setattr__(self, "controlnet_scale", float(self.controlnet_scale))
         try:
             self.attentions  # built (and checked) once, here
         except ValueError as e:
@@ -168,7 +177,7 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 _SWEEP_EXAMPLE = {"guidance_scale": "1,3,5", "steps": "10,20,50", "max_resolution": "4,8,16",
-                  "blocks": "down,mid,up,down+mid+up", "strength": "0.5,1,1.5"}
+                  "blocks": "down,mid,up,down+mid+up", "strength": "0.5,1,1.5", "controlnet_scale": "0.5,1"}
 
 
 def _parse_value(param: str, text: str):
@@ -177,7 +186,7 @@ def _parse_value(param: str, text: str):
         if value < 1:
             raise ValueError("must be an integer >= 1")
         return value
-    if param in ("guidance_scale", "strength"):
+    if param in ("guidance_scale", "strength", "controlnet_scale"):
         value = float(text)
         if not np.isfinite(value) or value < 0:
             raise ValueError("must be a number >= 0")
@@ -340,6 +349,8 @@ def cache_config(mode: str, settings: Settings, model: Model) -> dict:
     }
     if settings.scheduler != "ddim":  # absent for DDIM: the cache keys of runs before --scheduler stay valid
         config["scheduler"] = settings.scheduler
+    if is_controlnet(model):  # every mode, banks included, is guided at this scale
+        config["controlnet_scale"] = effective_controlnet_scale(settings, model)
     if attention.reads_exemplar:
         config["strength"] = attention.appearance_strength
         config["blocks"] = list(settings.blocks)
@@ -351,6 +362,19 @@ def cache_config(mode: str, settings: Settings, model: Model) -> dict:
         config["adapter_sha256"] = model.adapter_sha256
         config["max_resolution"] = effective_max_resolution(settings, model)
     return config
+
+
+def is_controlnet(model: Model) -> bool:
+    return bool(getattr(model.pipe, "is_controlnet", False))
+
+
+def effective_controlnet_scale(settings: Settings, model: Model) -> float | None:
+    """The ControlNet scale drawn with (given, else the model's own); None without a ControlNet, where
+    giving one is an EvaluationError."""
+    if settings.controlnet_scale is not None and not is_controlnet(model):
+        raise EvaluationError(f"controlnet_scale {settings.controlnet_scale:g}: the model {model.stage1_path} has no "
+                              "ControlNet (its structure guidance is ControlNeXt-style)")
+    return model.pipe.model.controlnet_scale(settings.controlnet_scale) if is_controlnet(model) else None
 
 
 def effective_max_resolution(settings: Settings, model: Model) -> int | None:
@@ -394,6 +418,7 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
     attentions = settings.attentions
     if any(a.uses_adapter for a in attentions.values()) and pipe.adapter is None:
         raise EvaluationError("mode adapter needs an adapter: pass --adapter FILE, or drop adapter from --modes")
+    scale = effective_controlnet_scale(settings, model)  # refused here without a ControlNet
     cache = Path(cache)
     keys = {}
     for mode in settings.modes:
@@ -427,7 +452,7 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
                     if attention.reads_exemplar and banks is None:
                         if progress is not None:
                             progress.set_postfix_str(f"chunk {c + 1}/{chunks}: inverting exemplars")
-                        banks, index = _chunk_banks(pipe, pairs, rows, settings.steps)
+                        banks, index = _chunk_banks(pipe, pairs, rows, settings.steps, scale)
                         report.banks_built += banks.batch
                     if progress is not None:
                         progress.set_postfix_str(f"chunk {c + 1}/{chunks}: {mode} seed {seed}")
@@ -441,6 +466,7 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
                         guidance_scale=settings.guidance_scale,
                         seed=seed,
                         steps=None if attention.reads_exemplar else settings.steps,
+                        **({} if scale is None else {"controlnet_conditioning_scale": scale}),
                     )
                     for i, image in zip(missing, images_to_uint8(images.float())):
                         write_png(image_path(cache, keys[mode], mode, pairs.keys[i], seed), image)
@@ -452,7 +478,7 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
     return keys, report
 
 
-def _chunk_banks(pipe, pairs: PairSet, rows: list[int], steps: int):
+def _chunk_banks(pipe, pairs: PairSet, rows: list[int], steps: int, controlnet_scale: float | None = None):
     """Banks of the chunk's distinct exemplars (all of them, cached or not, so an exemplar's bank never
     depends on which images happened to be cached) and each row's index into them."""
     distinct: dict[str, int] = {}
@@ -465,7 +491,8 @@ def _chunk_banks(pipe, pairs: PairSet, rows: list[int], steps: int):
             first.append(i)
         index.append(distinct[ident])
     picked = torch.as_tensor(first)
-    banks = pipe.build_banks(pairs.exemplar_images[picked], pairs.exemplar_labels[picked], steps, seed=0)
+    scale = {} if controlnet_scale is None else {"controlnet_conditioning_scale": controlnet_scale}
+    banks = pipe.build_banks(pairs.exemplar_images[picked], pairs.exemplar_labels[picked], steps, seed=0, **scale)
     return banks, torch.as_tensor(index)
 
 
@@ -587,6 +614,8 @@ def settings_record(settings: Settings, model: Model) -> dict:
         "stage1": model.stage1_path, "stage1_sha256": model.stage1_sha256,
         "adapter": model.adapter_path, "adapter_sha256": model.adapter_sha256,
         "resolution": list(model.pipe.resolution), "dtype": model.dtype, "device": str(model.pipe.device),
+        "structure_guidance": "controlnet" if is_controlnet(model) else "structure",
+        "controlnet_scale": effective_controlnet_scale(settings, model),
     })
     return record
 
@@ -603,6 +632,9 @@ def evaluate(model: Model, pairs: PairSet, settings: Settings, cache: Path, meta
     start = time.perf_counter()
     modes = score(pairs, settings, keys, cache, model.pipe.num_classes, model.pipe.ignore_index,
                   metadata.class_names, models)
+    if is_controlnet(model):
+        for mode, entry in modes.items():
+            entry["label"] = CONTROLNET_LABELS[mode]
     return {
         "settings": settings_record(settings, model),
         "n_pairs": len(pairs),

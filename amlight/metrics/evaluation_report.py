@@ -1,6 +1,7 @@
 """Writing what ``python -m amlight evaluate`` found: results.json, results.md, grid.png, sweeps.{json,md}.
 
-Tables are Markdown, one row per mode (sweeps: per setting and mode), one column per metric with an
+Tables are Markdown, one row per mode (sweeps: per setting and mode; a mode with a ``label`` in the
+record, the paper's baseline names for a ControlNet model, reads "ControlNet + AM-Adapter (`adapter`)"), one column per metric with an
 arrow saying which direction is better, cells ``mean ± ci95`` (95% t-interval over pairs), the best
 mean of each column in bold.
 """
@@ -95,8 +96,14 @@ def metrics_of(record: Mapping) -> list[str]:
     return names
 
 
+def row_name(mode: str, entry: Mapping) -> str:
+    """A table's name for ``mode``: its label and the mode key when the record has one, else the key."""
+    label = entry.get("label")
+    return f"{label} (`{mode}`)" if label else f"`{mode}`"
+
+
 def mode_rows(record: Mapping, lead: Sequence[str] = ()) -> list[tuple[list[str], dict]]:
-    return [([*lead, f"`{mode}`"], entry["metrics"]) for mode, entry in record["modes"].items()]
+    return [([*lead, row_name(mode, entry)], entry["metrics"]) for mode, entry in record["modes"].items()]
 
 
 def settings_line(record: Mapping, skip: str | None = None) -> str:
@@ -108,6 +115,8 @@ def settings_line(record: Mapping, skip: str | None = None) -> str:
              "strength": f"strength {s['strength']:g}", "blocks": f"blocks {'+'.join(s['blocks'])}"}
     if s.get("max_resolution") is not None:
         parts["max_resolution"] = f"adapter max_resolution {s['max_resolution']}"
+    if s.get("controlnet_scale") is not None:
+        parts["controlnet_scale"] = f"ControlNet scale {s['controlnet_scale']:g}"
     parts["size"] = f"{s['resolution'][0]}x{s['resolution'][1]} px, {s['dtype']}"
     return ", ".join(text for name, text in parts.items() if name != skip)
 
@@ -127,7 +136,7 @@ def per_class_table(record: Mapping) -> str | None:
         for c in classes:
             mean = table.get(c, {}).get("mean")
             cells.append("-" if mean is None else f"{mean:.2f}")
-        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(m, record['modes'][m])} | " + " | ".join(cells) + " |")
     counts = {c: max(record["modes"][m]["delta_e_per_class"].get(c, {}).get("n", 0) for m in modes) for c in classes}
     lines.append("")
     lines.append("images per class: " + ", ".join(f"{c} {counts[c]}" for c in classes))
@@ -223,7 +232,7 @@ def sweep_table(rows: Sequence[Mapping]) -> str:
     for row in rows:
         for mode, entry in row["modes"].items():
             metrics += [m for m in entry["metrics"] if m not in metrics]
-            table_rows.append(([f"`{row['setting']}`", f"`{mode}`"], entry["metrics"]))
+            table_rows.append(([f"`{row['setting']}`", row_name(mode, entry)], entry["metrics"]))
     return markdown_table(table_rows, metrics, first_columns=("setting", "mode"))
 
 

@@ -1,4 +1,4 @@
-"""The AM-Adapter: refines the cross-image attention logits with a 4D conv over [A ; C] (METHOD.md part 5).
+"""The AM-Adapter: refines the cross-image attention logits with a 4D conv over [A ; C] (docs/method.md#part-5-the-am-adapter).
 
 The generation branch's attention processor calls ``adapter(group, logits_cross, cost, size)`` and
 adds the returned refinement to the exemplar part of its logits; the target-self part is untouched.

@@ -1,4 +1,4 @@
-"""How the generation branch uses the exemplar (METHOD.md, "Ablation modes"): the modes, the block
+"""How the generation branch uses the exemplar (docs/method.md#ablation-modes): the modes, the block
 groups, and :class:`AttentionSettings`, the one object that carries the choice from the face (CLI,
 config, Python call) down to the attention processors."""
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Dims (h1, w1) are target positions and (h2, w2) exemplar positions, as in the attention logits
 (rows target, columns exemplar, both row-major). Everything here works on the 4D volume: the
 flattened (h1*w1, h2*w2) matrix is never resized as if it were an image, because neighbouring rows
-of that matrix are not neighbouring target positions (METHOD.md, "Traps").
+of that matrix are not neighbouring target positions (docs/method.md#traps).
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 
+from amlight.modules.guidance_signal import GuidanceSignal
+
 
 def one_hot_labels(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """(B, H, W) labels -> (B, num_classes, H, W) float; ignore (and anything out of range) is all zeros."""
@@ -51,6 +53,7 @@ class StructureGuidance(ModelMixin, ConfigMixin):
     of the plain nn.Module it was before, so stage-1 checkpoints load unchanged."""
 
     config_name = "config.json"
+    is_controlnet = False
 
     def __init__(
         self,
@@ -98,6 +101,11 @@ class StructureGuidance(ModelMixin, ConfigMixin):
             if level < len(self.downsamplers):
                 h = self.downsamplers[level](h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def signal(self, latents: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor,
+               prompt_embeds: torch.Tensor) -> GuidanceSignal:
+        """The control features for the UNet's ``conv_in`` (latents and prompt are not read)."""
+        return GuidanceSignal(conv_in=self(labels, timesteps))
 
     def inject(self, control: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """UNet features after conv_in plus the cross-normalised, scaled control."""

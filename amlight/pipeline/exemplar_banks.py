@@ -29,6 +29,11 @@ class ExemplarBanks:
     meta: dict = field(default_factory=dict)
 
     @property
+    def controlnet_scale(self) -> float | None:
+        """The ControlNet conditioning scale the banks were written at (None: no ControlNet)."""
+        return self.meta.get("controlnet_scale")
+
+    @property
     def steps(self) -> int:
         return len(self.banks)
 
@@ -61,6 +66,7 @@ def build_exemplar_banks(
     seed: int = 0,
     match_labels: torch.Tensor | None = None,
     scheduler=None,
+    conditioning_scale: float | None = None,
 ) -> ExemplarBanks:
     """Encode, invert (deterministic DDIM along the sampler's timesteps) and write the banks of
     ``exemplar_images`` (Bx, 3, H, W) in [-1, 1].
@@ -72,9 +78,16 @@ def build_exemplar_banks(
     backbone's DDIM). Bank i is written at its i-th timestep of ``steps``, on the inverted latent in
     the scale the UNet sees there (see amlight.pipeline.inversion).
 
+    ``conditioning_scale``: with ControlNet guidance, its residual weight in the inversion and the bank
+    writing (None: its configured one), recorded in ``meta["controlnet_scale"]``: banks written at one
+    scale are refused by a draw at another (the appearance branch's tokens depend on it).
+
     Costs 2 * ``steps`` batched UNet calls over the Bx exemplars, whatever the number of targets.
     """
     device, dtype = _model_device_dtype(model, exemplar_images)
+    # The scale actually used (None without a ControlNet; giving one then is a ValueError), checked
+    # before any work.
+    scale = model.controlnet_scale(conditioning_scale) if hasattr(model, "controlnet_scale") else conditioning_scale
     # Encoded from float32 images, the latents come back in float32 (the VAE runs in its own dtype)
     # and so does the inversion that starts from them.
     images = exemplar_images.to(device).float()
@@ -84,7 +97,7 @@ def build_exemplar_banks(
     batch = latents.shape[0]
     template = scheduler if scheduler is not None else backbone.sample_scheduler()
     sampler = fresh_scheduler(template, steps)
-    trajectory = invert(model, sampler, latents, labels, backbone.prompt_batch(batch, negative=True))
+    trajectory = invert(model, sampler, latents, labels, backbone.prompt_batch(batch, negative=True), scale)
     # The appearance branch writes under the conditional prompt, as in training (inversion alone
     # uses the empty prompt).
     prompt = backbone.prompt_batch(batch).to(device, dtype)
@@ -92,7 +105,8 @@ def build_exemplar_banks(
     banks = []
     for x, t in zip(trajectory, timesteps):
         # The timestep as the sampler gives it (a float for Euler): what the UNet sees when sampling.
-        banks.append(model.write_bank(x, t.to(device).expand(batch), labels, prompt))
+        banks.append(model.write_bank(x, t.to(device).expand(batch), labels, prompt,
+                                      **({} if scale is None else {"conditioning_scale": scale})))
     calls = 2 * steps
     return ExemplarBanks(
         timesteps=timesteps,
@@ -101,5 +115,5 @@ def build_exemplar_banks(
         latent_size=tuple(latents.shape[-2:]),
         unet_calls=calls,
         unet_rows=calls * batch,
-        meta={"seed": seed, "scheduler": type(template).__name__},
+        meta={"seed": seed, "scheduler": type(template).__name__, "controlnet_scale": scale},
     )

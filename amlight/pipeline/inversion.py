@@ -1,4 +1,4 @@
-"""Deterministic DDIM inversion of exemplar latents along any sampler's timesteps (METHOD.md part 7).
+"""Deterministic DDIM inversion of exemplar latents along any sampler's timesteps (docs/method.md#part-7-inference).
 
 The inverted trajectory is what the appearance branch runs on at inference: at sampling step i it
 sees the exemplar at exactly the noise level of the target latent at that step, whatever the
@@ -84,15 +84,19 @@ def _inversion_step(out: torch.Tensor, x: torch.Tensor, alpha_source: torch.Tens
 
 
 @torch.no_grad()
-def invert(model, scheduler, latents: torch.Tensor, labels: torch.Tensor, prompt: torch.Tensor) -> list[torch.Tensor]:
+def invert(model, scheduler, latents: torch.Tensor, labels: torch.Tensor, prompt: torch.Tensor,
+           conditioning_scale: float | None = None) -> list[torch.Tensor]:
     """The exemplar latent (B, C, h, w) carried up ``scheduler``'s timesteps (``set_timesteps`` done;
     a fresh instance: only its timesteps, sigmas and alphas are read, its state is not touched).
 
     Returns ``trajectory`` with ``trajectory[i]`` the latent at ``scheduler.timesteps[i]`` (sampling
     order: ``trajectory[0]`` is the noisiest, where sampling starts), float32 whatever the model's
     dtype (a half-precision trajectory drifts from the exemplar). ``prompt``: (B, tokens, dim);
-    structure guidance uses ``labels``; no bank, so self-attention is plain.
+    structure guidance uses ``labels``; no bank, so self-attention is plain. ``conditioning_scale``: a
+    ControlNet's residual weight (None: its configured one); the banks written on this trajectory are
+    guided at the same scale as the sampling they serve.
     """
+    scale = {} if conditioning_scale is None else {"conditioning_scale": conditioning_scale}
     batch, device = latents.shape[0], latents.device
     prompt = prompt.to(device)
     timesteps = scheduler.timesteps.cpu()
@@ -107,7 +111,7 @@ def invert(model, scheduler, latents: torch.Tensor, labels: torch.Tensor, prompt
         source = source_t.to(device).expand(batch)
 
         def output():
-            return model(x, source, labels, prompt).float()
+            return model(x, source, labels, prompt, **scale).float()
 
         out = output()
         check_finite(out, f"inversion step {k + 1}/{steps} (timestep {timestep_text(source_t)})", model, output)
@@ -132,10 +136,11 @@ def ddim_invert(
     steps: int = 20,
     prompt: torch.Tensor | None = None,
     scheduler=None,
+    conditioning_scale: float | None = None,
 ) -> list[torch.Tensor]:
     """:func:`invert` along the timesteps of ``scheduler`` (a template; default: the backbone's DDIM)
     in ``steps`` steps. ``prompt`` defaults to the empty (negative) prompt."""
     if prompt is None:
         prompt = backbone.prompt_batch(latents.shape[0], negative=True)
     template = scheduler if scheduler is not None else backbone.sample_scheduler()
-    return invert(model, fresh_scheduler(template, steps), latents, labels, prompt)
+    return invert(model, fresh_scheduler(template, steps), latents, labels, prompt, conditioning_scale)

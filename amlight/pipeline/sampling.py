@@ -4,7 +4,7 @@ validation sampler on it.
 Two callers share :func:`denoise` (also importable as ``ddim_denoise``, its name when it was DDIM
 only) and differ only in where each step's exemplar bank comes from and whether guidance is batched:
 
-- AMPipeline (METHOD.md part 7): the bank of step i is the bank of the exemplar inverted along the
+- AMPipeline (docs/method.md#part-7-inference): the bank of step i is the bank of the exemplar inverted along the
   sampler's own timesteps (amlight.pipeline.inversion), at step i; guidance is batched, one UNet
   call over [unconditional ; conditional] rows per step.
 - :func:`ddim_sample` (validation grids, quick looks during training; always DDIM): the bank is
@@ -47,6 +47,7 @@ def denoise(
     batch_guidance: bool = True,
     on_unet_call: Callable[[int], None] | None = None,
     on_step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+    conditioning_scale: float | None = None,
 ) -> torch.Tensor:
     """Latents ``x`` (B, C, h, w) denoised over ``scheduler.timesteps`` (set by the caller), drawn as ``labels``.
 
@@ -66,6 +67,7 @@ def denoise(
     ``on_unet_call(rows)``: told the number of sample rows of every UNet call.
     ``on_step_end(i, t, x)``: called after step i with the scheduler's latents; a tensor it returns
     replaces them.
+    ``conditioning_scale``: a ControlNet's residual weight in every UNet call (None: its configured one).
     The latents and the scheduler's arithmetic stay in float32 whatever the model's dtype (the model
     sees its own dtype): returns float32 latents. A step whose output holds NaN or inf raises
     :class:`~amlight.pipeline.finite.NonFiniteOutputError` naming the step and the layer.
@@ -83,9 +85,11 @@ def denoise(
     else:
         prompt_rows, label_rows, read_rows = prompt, labels, read
 
+    scale = {} if conditioning_scale is None else {"conditioning_scale": conditioning_scale}
+
     def unet(rows, t, labels, prompt, read=None):
         tt = torch.as_tensor(t).to(rows.device).expand(rows.shape[0])
-        out = model(rows, tt, labels, prompt, read=read)
+        out = model(rows, tt, labels, prompt, read=read, **scale)
         if on_unet_call is not None:
             on_unet_call(rows.shape[0])
         return out

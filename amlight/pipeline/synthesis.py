@@ -1,4 +1,4 @@
-"""The inference pipeline of METHOD.md part 7: inverted exemplar banks + batched classifier-free guidance.
+"""The inference pipeline of docs/method.md#part-7-inference: inverted exemplar banks + batched classifier-free guidance.
 
 :class:`AMPipeline` is a ``diffusers.DiffusionPipeline``: a pipeline folder (``model_index.json`` and
 one subfolder per component, safetensors) loads with ``AMPipeline.from_pretrained(DIR)`` and is written
@@ -33,6 +33,7 @@ from amlight.modules.adapter import AMAdapter
 from amlight.modules.attention_modes import AttentionSettings
 from amlight.modules.exemplar_context import ExemplarRead
 from amlight.modules.exemplar_unet import ExemplarUNet
+from amlight.modules.controlnet_guidance import ControlNetGuidance
 from amlight.modules.structure_guidance import StructureGuidance
 from amlight.pipeline.exemplar_banks import ExemplarBanks, build_exemplar_banks
 from amlight.pipeline.finite import check_finite
@@ -62,7 +63,7 @@ class AMPipeline(DiffusionPipeline):
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        structure_guidance: StructureGuidance,
+        structure_guidance: StructureGuidance | ControlNetGuidance,
         scheduler,
         prompt_embeddings: PromptEmbeddings | None = None,
         label_space: PipelineLabelSpace | None = None,
@@ -274,11 +275,33 @@ class AMPipeline(DiffusionPipeline):
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(self.unet)
 
+    @property
+    def is_controlnet(self) -> bool:
+        """Whether the structure guidance is a ControlNet (``controlnet_conditioning_scale`` applies)."""
+        return self.model.is_controlnet
+
     def build_banks(self, exemplar_images: torch.Tensor, exemplar_labels: torch.Tensor, steps: int = 20,
-                    seed: int = 0, match_labels: torch.Tensor | None = None) -> ExemplarBanks:
+                    seed: int = 0, match_labels: torch.Tensor | None = None,
+                    controlnet_conditioning_scale: float | None = None) -> ExemplarBanks:
+        """The exemplars' banks (see build_exemplar_banks); ``controlnet_conditioning_scale``: the
+        ControlNet's weight in their inversion and writing (None: the folder's), recorded in them."""
+        scale = self.model.controlnet_scale(controlnet_conditioning_scale)  # refused without a ControlNet
         self._onload_unet()
         return build_exemplar_banks(self.model, self.backbone, exemplar_images, exemplar_labels, steps, seed=seed,
-                                    match_labels=match_labels, scheduler=self.scheduler)
+                                    match_labels=match_labels, scheduler=self.scheduler, conditioning_scale=scale)
+
+    def _check_bank_scale(self, banks: ExemplarBanks, scale: float | None) -> None:
+        """Banks written at another ControlNet scale would silently mix two guidance strengths: refuse them."""
+        built = banks.controlnet_scale
+        if built is None and scale is None:
+            return
+        if scale is None:
+            raise ValueError(f"the exemplar banks were built with a ControlNet (scale {built:g}) but this pipeline's "
+                             "structure guidance is not a ControlNet: build them with this pipeline")
+        if built is None or float(built) != float(scale):
+            have = "no recorded ControlNet scale" if built is None else f"controlnet_conditioning_scale={built:g}"
+            raise ValueError(f"the exemplar banks were built with {have} but this draw uses {scale:g}: rebuild them "
+                             f"with build_banks(..., controlnet_conditioning_scale={scale:g})")
 
     def _index(self, exemplar_index, banks: ExemplarBanks, n: int, device) -> torch.Tensor:
         if exemplar_index is None:
@@ -311,6 +334,7 @@ class AMPipeline(DiffusionPipeline):
         *,
         output_latents: bool = False,
         on_step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
+        controlnet_conditioning_scale: float | None = None,
     ) -> torch.Tensor:
         """Images in [-1, 1] (N, 3, H, W) drawing ``target_labels`` (N, H, W): the low-level call.
 
@@ -326,9 +350,12 @@ class AMPipeline(DiffusionPipeline):
         ``output_latents``: the final latents instead of decoded images. ``on_step_end(step, timestep,
         latents)``: called after every sampling step with the new latents of the chunk of targets being
         drawn; what it returns (a tensor of their shape) replaces them.
+        ``controlnet_conditioning_scale``: the ControlNet's residual weight for this call (None: the
+        folder's); banks that read the exemplar must have been built at the same scale (else ValueError).
         """
         settings = AttentionSettings.of(attention)
         use_bank = settings.reads_exemplar
+        scale = self.model.controlnet_scale(controlnet_conditioning_scale)  # refused without a ControlNet
         if use_bank and banks is None:
             raise ValueError(f"mode {settings.mode!r} needs exemplar banks (build_exemplar_banks or generate)")
         if settings.uses_adapter and self.adapter is None:
@@ -360,6 +387,7 @@ class AMPipeline(DiffusionPipeline):
         if use_bank:
             if tuple(banks.latent_size) != latent_size:
                 raise ValueError(f"targets have latent size {latent_size}, the exemplar banks {tuple(banks.latent_size)}")
+            self._check_bank_scale(banks, scale)
             index = self._index(exemplar_index, banks, n, device)
             _warn_uncovered(match, banks.exemplar_labels.to(device)[index], self.ignore_index)
 
@@ -370,7 +398,7 @@ class AMPipeline(DiffusionPipeline):
             images.append(self._denoise(
                 fresh_scheduler(self.scheduler, steps), labels[rows], match[rows], seeds[rows], banks,
                 None if index is None else index[rows], settings, guidance_scale, latent_size, output_latents,
-                on_step_end,
+                on_step_end, scale,
             ))
         return torch.cat(images)
 
@@ -391,6 +419,7 @@ class AMPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         exemplar_index: Sequence[int] | None = None,
         batch_size: int | None = None,
+        controlnet_conditioning_scale: float | None = None,
     ):
         """Draw ``target_labels`` in the appearance of ``exemplar_image`` (whose layout is ``exemplar_labels``).
 
@@ -409,6 +438,9 @@ class AMPipeline(DiffusionPipeline):
         (N, H, W, 3) in [0, 1]), "pt" (float (N, 3, H, W) in [0, 1]) or "latent" (the final latents).
         ``callback_on_step_end(pipe, step, timestep, {"latents": ...})``: after every sampling step;
         a returned dict's "latents" replace them.
+        ``controlnet_conditioning_scale``: with ControlNet structure guidance, the weight of its residuals
+        in this call, exemplar inversion included (None: the folder's configured value); ValueError on a
+        pipeline without a ControlNet.
         Returns :class:`AMPipelineOutput` (``.images``), or a tuple ``(images,)`` without ``return_dict``.
         """
         from amlight.pipeline.call_inputs import (
@@ -421,6 +453,7 @@ class AMPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs can only hold 'latents', got {sorted(unknown)}")
         settings = AttentionSettings(mode, appearance_strength=appearance_strength)
+        scale = self.model.controlnet_scale(controlnet_conditioning_scale)  # before any input is read
         if settings.uses_adapter and self.adapter is None:  # before any input is read or exemplar inverted
             raise ValueError("mode 'adapter' needs an adapter (this pipeline has none): pick mode='augmented'")
         size = self.resolution
@@ -443,7 +476,8 @@ class AMPipeline(DiffusionPipeline):
             ex_images = torch.stack([load_image_item(v, size, f"exemplar image {i}") for i, v in enumerate(images)])
             ex_labels = torch.stack([load_label_item(v, size, f"exemplar label map {i}", space, *classes)
                                      for i, v in enumerate(maps)])
-            banks = self.build_banks(ex_images, ex_labels, num_inference_steps, seed=seeds[0])
+            banks = self.build_banks(ex_images, ex_labels, num_inference_steps, seed=seeds[0],
+                                     controlnet_conditioning_scale=scale)
 
         chunks = -(-n // (batch_size or n))
         with self.progress_bar(total=num_inference_steps * chunks) as bar:
@@ -456,7 +490,8 @@ class AMPipeline(DiffusionPipeline):
 
             out = self.draw(labels, banks, exemplar_index, attention=settings, guidance_scale=guidance_scale,
                             seed=seeds, steps=num_inference_steps, batch_size=batch_size,
-                            output_latents=output_type == "latent", on_step_end=on_step_end)
+                            output_latents=output_type == "latent", on_step_end=on_step_end,
+                            controlnet_conditioning_scale=scale)
         self.maybe_free_model_hooks()
         images = out if output_type == "latent" else to_output(out, output_type)
         if not return_dict:
@@ -464,7 +499,8 @@ class AMPipeline(DiffusionPipeline):
         return AMPipelineOutput(images=images)
 
     def _denoise(self, scheduler, labels, match, seeds, banks, index, settings: AttentionSettings, guidance_scale,
-                 latent_size, output_latents: bool = False, on_step_end=None) -> torch.Tensor:
+                 latent_size, output_latents: bool = False, on_step_end=None,
+                 controlnet_scale: float | None = None) -> torch.Tensor:
         device, dtype = self._execution_device, self.dtype
         n = labels.shape[0]
         shape = (1, self.backbone.latent_channels, *latent_size)
@@ -480,7 +516,7 @@ class AMPipeline(DiffusionPipeline):
             self.model, scheduler, x, labels, self.backbone.prompt_batch(n).to(device, dtype),
             self.backbone.prompt_batch(n, negative=True).to(device, dtype),
             read=read, bank_at=lambda i, t: banks.banks[i], guidance_scale=guidance_scale, batch_guidance=True,
-            on_unet_call=self._count, on_step_end=on_step_end,
+            on_unet_call=self._count, on_step_end=on_step_end, conditioning_scale=controlnet_scale,
         )
         if output_latents:
             return x
@@ -502,14 +538,18 @@ class AMPipeline(DiffusionPipeline):
         steps: int = 20,
         attention: AttentionSettings | str = "adapter",
         exemplar_match_labels: torch.Tensor | None = None,
+        controlnet_conditioning_scale: float | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        """Build the exemplars' banks once, then draw every target with them (kwargs: see draw)."""
+        """Build the exemplars' banks once, then draw every target with them (kwargs: see draw), both
+        at ``controlnet_conditioning_scale`` (None: the folder's)."""
         settings = AttentionSettings.of(attention)
         banks = None
         if settings.reads_exemplar:
-            banks = self.build_banks(exemplar_images, exemplar_labels, steps, match_labels=exemplar_match_labels)
-        return self.draw(target_labels, banks, exemplar_index, attention=settings, steps=steps, **kwargs)
+            banks = self.build_banks(exemplar_images, exemplar_labels, steps, match_labels=exemplar_match_labels,
+                                     controlnet_conditioning_scale=controlnet_conditioning_scale)
+        return self.draw(target_labels, banks, exemplar_index, attention=settings, steps=steps,
+                         controlnet_conditioning_scale=controlnet_conditioning_scale, **kwargs)
 
 
 class UncoveredClassWarning(UserWarning):

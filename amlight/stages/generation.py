@@ -1,6 +1,7 @@
 """Stage 1: train structure guidance and the UNet to denoise, reading a self-pair exemplar's bank."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -16,16 +17,30 @@ from amlight.stages.denoising_stage import DenoisingStage, randn_like, random_ti
 from amlight.stages.frozen_parts import place_backbone
 
 Trainable = Literal["all", "attention", "guidance"]
+Guidance = Literal["structure", "controlnet"]
 
 
 class GenerationStage(DenoisingStage):
     """Args:
         num_classes, ignore_index: of the label maps (the CLI links them from the DataModule).
         backbone, backbone_path, backbone_options, prompt, seed: which frozen backbone (see amlight.backbone).
+        init_from: a pipeline folder (``python -m amlight export`` or ``assemble``) to start from: its VAE,
+            prompt and scheduler are the backbone, and its UNet and structure guidance are the starting
+            weights, with the folder's guidance kind, colours, scale and width (``guidance_scale`` and
+            ``guidance_channels`` are not used); ``backbone``, ``backbone_path`` and ``backbone_options`` stay
+            unset, and ``guidance`` / ``controlnet_colors`` may only repeat what the folder holds.
         guidance_channels: width of the structure-guidance conv net that reads the one-hot label map (more
             channels: more weights and memory).
         guidance_scale: weight of the guidance output (brought to the UNet features' mean and std) added to
-            the UNet's features right after conv_in.
+            the UNet's features right after conv_in; with ``guidance: controlnet``, the ControlNet's
+            conditioning scale.
+        guidance: "structure" (the ControlNeXt-style conv net) or "controlnet" (a ControlNet copied from the
+            UNet's encoder, reading the label map drawn in ``controlnet_colors``); unset: "structure", or
+            the kind ``init_from``'s folder holds.
+        controlnet_colors: with ``guidance: controlnet``, how classes are drawn for it: a dataset name with a
+            shipped colour map (cityscapes, bdd100k, ade20k) or one [r, g, b] per class; None: the first
+            ADE20K colours, one per class (distinct colours, for a ControlNet trained from scratch).
+        guidance_trainable: train the structure guidance (false: it stays as initialised or loaded).
         trainable: "all" (UNet + guidance), "attention" (guidance + the UNet's attention blocks), "guidance".
         attention: how the generation branch reads the exemplar while training; "structure_only" trains
             without the exemplar branch.
@@ -46,8 +61,12 @@ class GenerationStage(DenoisingStage):
         backbone_options: dict[str, Any] | None = None,
         prompt: str = "",
         seed: int = 0,
+        init_from: str | None = None,
         guidance_channels: int = 32,
         guidance_scale: float = 1.0,
+        guidance: Guidance | None = None,
+        controlnet_colors: str | list[list[int]] | None = None,
+        guidance_trainable: bool = True,
         trainable: Trainable = "all",
         attention: AttentionMode = "augmented",
         attention_blocks: list[str] = list(BLOCK_GROUPS),
@@ -64,12 +83,80 @@ class GenerationStage(DenoisingStage):
         self.save_hyperparameters()
         if self.attention_settings.uses_adapter:
             raise ValueError("stage 1 trains without the adapter; use 'augmented' or 'hard_mask' (AdapterStage adds it)")
+        if init_from is not None:
+            self._init_from_folder(init_from, num_classes, guidance, controlnet_colors,
+                                   backbone, backbone_path, backbone_options, gradient_checkpointing)
+            self._set_trainable(trainable)
+            self.model.guidance.requires_grad_(guidance_trainable)
+            return
+        if backbone == "pipeline":
+            raise ValueError("backbone 'pipeline' is a pipeline folder's own: set init_from to the folder instead")
+        guidance = guidance or "structure"
+        self.hparams["guidance"] = guidance  # resolved: what load_stage1 rebuilds
         self.backbone: Backbone = get_backbone(backbone, path=backbone_path, prompt=prompt, seed=seed, options=backbone_options)
+        class_colors = None
+        if guidance == "controlnet":
+            class_colors = stage1_class_colors(controlnet_colors, num_classes)
+            # Kept with the hyper-parameters: what load_stage1 rebuilds the guidance with.
+            self.hparams["class_colors"] = class_colors
         self.model = build_exemplar_unet(
-            self.backbone, num_classes, ignore_index, guidance_channels=guidance_channels, guidance_scale=guidance_scale
+            self.backbone, num_classes, ignore_index, guidance_channels=guidance_channels, guidance_scale=guidance_scale,
+            guidance=guidance, class_colors=class_colors,
         )
         self.train_scheduler = self.backbone.train_scheduler()
         self._set_trainable(trainable)
+        self.model.guidance.requires_grad_(guidance_trainable)
+        if gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+
+    def _init_from_folder(self, folder, num_classes, guidance, controlnet_colors, backbone, backbone_path,
+                          backbone_options, gradient_checkpointing) -> None:
+        """The backbone, UNet and structure guidance of a pipeline folder, as trainable copies; the
+        hyper-parameters rewritten to what the folder holds, so that load_stage1 rebuilds the model."""
+        from amlight.backbone.registry import backbone_from_spec
+        from amlight.checkpoints.pipeline_folder import check_pipeline_folder, own_memory, read_model_index
+        from amlight.checkpoints.stage1 import _load_part
+        from amlight.modules.controlnet_guidance import ControlNetGuidance
+        from amlight.modules.exemplar_unet import ExemplarUNet
+        from amlight.modules.structure_guidance import StructureGuidance
+
+        folder = str(folder)
+        if backbone not in ("tiny", "pipeline") or backbone_path is not None or backbone_options:
+            raise ValueError(f"init_from {folder}: the folder carries its own backbone; leave backbone, "
+                             "backbone_path and backbone_options unset")
+        check_pipeline_folder(Path(folder))
+        kind = read_model_index(Path(folder)).get("structure_guidance", [None, None])[1]
+        if kind not in ("ControlNetGuidance", "StructureGuidance"):
+            raise ValueError(f"init_from {folder}: model_index.json names no structure guidance amlight knows "
+                             f"({kind!r})")
+        folder_guidance = "controlnet" if kind == "ControlNetGuidance" else "structure"
+        if guidance is not None and guidance != folder_guidance:
+            raise ValueError(f"init_from {folder} holds {folder_guidance!r} guidance ({kind}), but guidance is "
+                             f"{guidance!r}: drop guidance or make it match")
+        # Plain weights, not the frozen, cached stage-1 model: this one trains.
+        net = own_memory(_load_part(ControlNetGuidance if folder_guidance == "controlnet" else StructureGuidance,
+                                    Path(folder) / "structure_guidance")).train()
+        config = net.config
+        if int(config.num_classes) != num_classes:
+            raise ValueError(f"init_from {folder}: its structure guidance reads {config.num_classes} classes, "
+                             f"but num_classes is {num_classes} (the data's)")
+        hp = self.hparams
+        if folder_guidance == "controlnet":
+            colors = [list(c) for c in config.class_colors]
+            if controlnet_colors is not None and stage1_class_colors(controlnet_colors, num_classes) != colors:
+                raise ValueError(f"init_from {folder}: controlnet_colors differ from the folder's class colours "
+                                 "(structure_guidance/config.json); drop controlnet_colors")
+            hp.update(class_colors=colors, guidance_scale=float(config.conditioning_scale),
+                      controlnet_config=dict(config.controlnet_config))
+        elif controlnet_colors is not None:
+            raise ValueError(f"init_from {folder} holds 'structure' guidance: controlnet_colors has no use")
+        else:
+            hp.update(guidance_channels=int(config.channels), guidance_scale=float(config.scale))
+        hp.update(guidance=folder_guidance, ignore_index=int(config.ignore_index), backbone="pipeline",
+                  backbone_path=folder)
+        self.backbone = backbone_from_spec({"preset": "pipeline", "path": folder})
+        self.model = ExemplarUNet(self.backbone.new_unet(), net, ignore_index=int(config.ignore_index))
+        self.train_scheduler = self.backbone.train_scheduler()
         if gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
 
@@ -156,3 +243,28 @@ class GenerationStage(DenoisingStage):
             "hparams": plain(dict(self.hparams)),
         }
 
+
+
+def stage1_class_colors(colors, num_classes: int) -> list[list[int]]:
+    """One [r, g, b] per class for ControlNet guidance (see GenerationStage's ``controlnet_colors``)."""
+    if colors is None:
+        from amlight.data.datasets.ade20k import COLORS
+
+        if num_classes > len(COLORS):
+            raise ValueError(f"{num_classes} classes but only {len(COLORS)} default colours: give controlnet_colors")
+        return [list(c) for c in COLORS[:num_classes]]
+    if isinstance(colors, str):
+        from amlight.data.controlnet_colors import controlnet_color_map
+        from amlight.data.registry import get_dataset_entry
+
+        metadata = get_dataset_entry(colors).metadata
+        if metadata is not None and len(metadata.class_names) != num_classes:
+            # Otherwise the first num_classes colours of another label space would be used silently.
+            raise ValueError(f"controlnet_colors {colors!r}: {colors} has {len(metadata.class_names)} classes but "
+                             f"num_classes is {num_classes}; give one [r, g, b] per class instead")
+        table = controlnet_color_map(colors)
+        return [[int(v) for v in table[i]] for i in range(num_classes)]
+    colors = [[int(v) for v in c] for c in colors]
+    if len(colors) != num_classes:
+        raise ValueError(f"controlnet_colors holds {len(colors)} colours for {num_classes} classes")
+    return colors
