@@ -6,7 +6,7 @@ STAMP := $(VENV)/.amlight-installed
 QS := runs/quickstart
 DEMO_EVAL_PAIRS ?= 8
 
-.PHONY: demo test test-slow install clean-runs benchmark rehearse-sd15 gpu-check
+.PHONY: demo test test-slow install clean-runs benchmark rehearse-sd15 gpu-check docs
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ benchmark: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The docs site (docs/*.md, API pages from the docstrings) into site/; --strict fails on a broken link,
+# anchor or reference. NO_MKDOCS_2_WARNING silences mkdocs-material's banner about its successor.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Heavy checks (end-to-end training runs); CI runs them in a bounded form.
 test-slow: $(STAMP)
