@@ -304,8 +304,11 @@ class PairGenerator:
 
     def __init__(self, pipe, jobs: Sequence[Job], writer: ResultWriter, *, attention: AttentionSettings,
                  steps: int, guidance_scale: float, seed: int, batch_size: int,
-                 warn: Callable[[str], None] | None = None, class_name: Callable[[int], str] | None = None):
+                 warn: Callable[[str], None] | None = None, class_name: Callable[[int], str] | None = None,
+                 controlnet_scale: float | None = None):
         self.pipe, self.writer, self.attention = pipe, writer, attention
+        # A ControlNet's conditioning scale for every bank and image of the run (None: the model's own).
+        self.controlnet_scale = controlnet_scale
         self.steps, self.guidance_scale, self.seed = steps, guidance_scale, seed
         self.jobs = dedupe(jobs)
         self.warn = warn or _default_warn
@@ -389,7 +392,8 @@ class PairGenerator:
         if any(inputs.exemplar_match is not None for _, inputs in members):
             match = torch.stack([inputs.exemplar_labels if inputs.exemplar_match is None else inputs.exemplar_match
                                  for _, inputs in members])
-        banks = self.pipe.build_banks(images, labels, self.steps, seed=self.seed, match_labels=match)
+        banks = self.pipe.build_banks(images, labels, self.steps, seed=self.seed, match_labels=match,
+                                      controlnet_conditioning_scale=self.controlnet_scale)
         self.report.unet_calls += banks.unet_calls
         for j, (job, inputs) in enumerate(members):
             self.banks[job.bank_key(inputs)] = slice_banks(banks, j)
@@ -427,7 +431,8 @@ class PairGenerator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UncoveredClassWarning)  # reported per pair, with file names
             images = self.pipe.draw(targets, banks, index, attention=self.attention, guidance_scale=self.guidance_scale,
-                               seed=[self.seed] * len(batch), steps=self.steps, target_match_labels=match)
+                               seed=[self.seed] * len(batch), steps=self.steps, target_match_labels=match,
+                               controlnet_conditioning_scale=self.controlnet_scale)
         return to_uint8(images)
 
     def finish(self) -> GenerationReport:
@@ -451,14 +456,17 @@ def generate_pairs(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
     class_name: Callable[[int], str] | None = None,
+    controlnet_scale: float | None = None,
 ) -> GenerationReport:
     """Draw every job whose output is not there yet and write it; returns what happened.
 
     ``attention``: how every pair reads its exemplar (mode, block groups, appearance strength).
+    ``controlnet_scale``: a ControlNet's conditioning scale for every bank and image (None: the model's own).
     Warns (``warn``, default: stderr) once per drawn pair whose target has classes its exemplar
     lacks. On Ctrl-C the files written so far stay complete and the exception carries the partial
     report as ``.report``.
     """
     generator = PairGenerator(pipe, jobs, writer, attention=attention, steps=steps, guidance_scale=guidance_scale,
-                              seed=seed, batch_size=batch_size, warn=warn, class_name=class_name)
+                              seed=seed, batch_size=batch_size, warn=warn, class_name=class_name,
+                              controlnet_scale=controlnet_scale)
     return generator.run(progress)

@@ -71,9 +71,7 @@ def stage1_from_pipeline_folder(path: str | Path):
     and scheduler) of a pipeline folder, cached per process while its files are unchanged."""
     from diffusers import UNet2DConditionModel
 
-    from amlight.modules.controlnet_guidance import ControlNetGuidance
     from amlight.modules.exemplar_unet import ExemplarUNet
-    from amlight.modules.structure_guidance import StructureGuidance
 
     path = Path(path)
     check_pipeline_folder(path)
@@ -84,20 +82,14 @@ def stage1_from_pipeline_folder(path: str | Path):
     index = read_model_index(path)
     with torch.inference_mode(False):
         unet = own_memory(_load_part(UNet2DConditionModel, path / "unet"))
-        guidance_class = ControlNetGuidance if index["structure_guidance"][1] == "ControlNetGuidance" else StructureGuidance
-        guidance = own_memory(_load_part(guidance_class, path / "structure_guidance"))
+        guidance = load_folder_guidance(path, index)
         backbone = backbone_from_spec({"preset": "pipeline", "path": str(path)})
         model = ExemplarUNet(unet, guidance, ignore_index=int(guidance.ignore_index)).eval()
     hparams = {
         "num_classes": int(guidance.config.num_classes),
-        "ignore_index": int(guidance.config.ignore_index),
         "backbone": {"preset": "pipeline", "path": str(path)},
+        **guidance_hparams(guidance),
     }
-    if guidance.is_controlnet:
-        hparams.update(guidance="controlnet", guidance_scale=float(guidance.config.conditioning_scale),
-                       class_colors=[list(c) for c in guidance.config.class_colors])
-    else:
-        hparams.update(guidance_channels=int(guidance.config.channels), guidance_scale=float(guidance.config.scale))
     if index.get("stage1_sha256"):
         hparams["source_sha256"] = index["stage1_sha256"]
     stage1 = Stage1Model(str(path), folder_digest(path), backbone, freeze(model), hparams)
@@ -105,6 +97,28 @@ def stage1_from_pipeline_folder(path: str | Path):
         del _FOLDER_CACHE[stale]
     _FOLDER_CACHE[key] = stage1
     return stage1
+
+
+def load_folder_guidance(path: Path, index: dict[str, Any]):
+    """A pipeline folder's structure guidance (the class its model_index.json names: StructureGuidance or
+    ControlNetGuidance), as plain weights in their own memory."""
+    from amlight.modules.controlnet_guidance import ControlNetGuidance
+    from amlight.modules.structure_guidance import StructureGuidance
+
+    cls = ControlNetGuidance if index["structure_guidance"][1] == "ControlNetGuidance" else StructureGuidance
+    return own_memory(_load_part(cls, Path(path) / "structure_guidance"))
+
+
+def guidance_hparams(guidance) -> dict[str, Any]:
+    """The stage-1 hyper-parameters that describe ``guidance`` (what load_stage1 rebuilds it from)."""
+    config = guidance.config
+    if guidance.is_controlnet:
+        return {"guidance": "controlnet", "ignore_index": int(config.ignore_index),
+                "guidance_scale": float(config.conditioning_scale),
+                "class_colors": [list(c) for c in config.class_colors],
+                "controlnet_config": dict(config.controlnet_config)}
+    return {"guidance": "structure", "ignore_index": int(config.ignore_index),
+            "guidance_channels": int(config.channels), "guidance_scale": float(config.scale)}
 
 
 def _load_part(cls, folder: Path):

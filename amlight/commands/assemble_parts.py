@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import types
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -164,7 +161,7 @@ def assemble_pipeline(base: str, controlnet: str, data: str, out: str | Path, co
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from amlight.commands.export import _shareable, cast_safetensors, pipeline_label_space
+    from amlight.commands.export import pipeline_label_space, write_pipeline_folder
     from amlight.modules.controlnet_guidance import ControlNetGuidance
     from amlight.pipeline.synthesis import AMPipeline
 
@@ -186,22 +183,10 @@ def assemble_pipeline(base: str, controlnet: str, data: str, out: str | Path, co
         pipe = AMPipeline(unet, guidance, scheduler, label_space=labels, vae=vae, text_encoder=text_encoder,
                           tokenizer=tokenizer)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.assemble-", dir=out.parent))
-    try:
-        say(f"writing {out}")
-        pipe.save_pretrained(work)
-        if dtype != "float32":
-            cast_safetensors(work, dtype)
-        (work / "README.md").write_text(model_card(base, controlnet, data, space, colors, conditioning_scale,
-                                                   prompt, dtype))
-        _shareable(work)
-        if out.exists():
-            shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    say(f"writing {out}")
+    write_pipeline_folder(pipe, out, lambda: model_card(base, controlnet, data, space, colors, conditioning_scale,
+                                                        prompt, dtype),
+                          None if dtype == "float32" else dtype, "assemble")
     return out
 
 

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from amlight.commands import parse_or_exit_code
 
@@ -121,14 +121,23 @@ def export(stage1: str | None, out: str | Path, adapter: str | None = None, dtyp
                           f"{stage1} was trained on {model.num_classes}: pass the --data it was trained on")
     pipe = AMPipeline.from_stage1(model, adapter=am_adapter, label_space=pipeline_label_space(space, model))
 
-    # Written beside --out and moved into place at the end: a failed export leaves no half folder.
+    write_pipeline_folder(pipe, out, lambda: model_card(model, stage1, adapter, space, dtype),
+                          None if dtype == "fp32" else DTYPES[dtype], "export")
+    sizes = {str(p): folder_size(Path(p)) if Path(p).is_dir() else Path(p).stat().st_size for p in (stage1, adapter) if p}
+    return out, {"folder_size": folder_size(out), "checkpoint_sizes": sizes}
+
+
+def write_pipeline_folder(pipe, out: Path, card: Callable[[], str], cast_to: str | None, tag: str) -> None:
+    """``pipe`` saved as the pipeline folder ``out``, with ``card()`` as its README.md and its weight files
+    cast to ``cast_to`` (a torch dtype name; None: as they are). Written beside ``out`` and moved into
+    place at the end: a failed write leaves no half folder, and a replaced folder goes only then."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.{tag}-", dir=out.parent))
     try:
         pipe.save_pretrained(work)
-        if dtype != "fp32":
-            cast_safetensors(work, DTYPES[dtype])  # the files, not the shared in-memory model
-        (work / "README.md").write_text(model_card(model, stage1, adapter, space, dtype))
+        if cast_to is not None:
+            cast_safetensors(work, cast_to)  # the files, not the (possibly shared) in-memory model
+        (work / "README.md").write_text(card())
         _shareable(work)
         if out.exists():
             shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
@@ -136,8 +145,6 @@ def export(stage1: str | None, out: str | Path, adapter: str | None = None, dtyp
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    sizes = {str(p): folder_size(Path(p)) if Path(p).is_dir() else Path(p).stat().st_size for p in (stage1, adapter) if p}
-    return out, {"folder_size": folder_size(out), "checkpoint_sizes": sizes}
 
 
 def _shareable(folder: Path) -> None:

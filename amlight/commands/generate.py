@@ -392,12 +392,11 @@ def execute(plan: Plan, args: argparse.Namespace) -> int:
               f"({'; '.join(changed)}); they are kept: pass --overwrite to redraw them", file=err)
     arguments = {k: v for k, v in vars(args).items()}
     start = time.perf_counter()
-    pipe = plan.pipe if args.controlnet_scale is None else ControlNetScaled(plan.pipe, args.controlnet_scale)
     try:
         report = generate_pairs(
-            pipe, plan.jobs, plan.writer, attention=plan.attention, steps=args.steps,
+            plan.pipe, plan.jobs, plan.writer, attention=plan.attention, steps=args.steps,
             guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-            class_name=plan.space.class_name,
+            class_name=plan.space.class_name, controlnet_scale=args.controlnet_scale,
         )
     except KeyboardInterrupt as exc:
         report = getattr(exc, "report", None)
@@ -420,24 +419,6 @@ def execute(plan: Plan, args: argparse.Namespace) -> int:
               f"{report.unet_calls} UNet calls)")
     print(f"summary: {summary}" + (f"   grid: {grid}" if grid else ""))
     return EXIT_OK
-
-
-class ControlNetScaled:
-    """``pipe`` whose ``build_banks`` and ``draw`` calls all get ``controlnet_conditioning_scale=scale``:
-    the scale travels as an argument of each call (nothing is set on the pipeline), and banks and
-    images of one run share it. Everything else is the pipeline's own."""
-
-    def __init__(self, pipe, scale: float):
-        self._pipe, self._scale = pipe, float(scale)
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def build_banks(self, *args, **kwargs):
-        return self._pipe.build_banks(*args, controlnet_conditioning_scale=self._scale, **kwargs)
-
-    def draw(self, *args, **kwargs):
-        return self._pipe.draw(*args, controlnet_conditioning_scale=self._scale, **kwargs)
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -466,7 +466,7 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
                         guidance_scale=settings.guidance_scale,
                         seed=seed,
                         steps=None if attention.reads_exemplar else settings.steps,
-                        **({} if scale is None else {"controlnet_conditioning_scale": scale}),
+                        controlnet_conditioning_scale=scale,
                     )
                     for i, image in zip(missing, images_to_uint8(images.float())):
                         write_png(image_path(cache, keys[mode], mode, pairs.keys[i], seed), image)
@@ -491,8 +491,8 @@ def _chunk_banks(pipe, pairs: PairSet, rows: list[int], steps: int, controlnet_s
             first.append(i)
         index.append(distinct[ident])
     picked = torch.as_tensor(first)
-    scale = {} if controlnet_scale is None else {"controlnet_conditioning_scale": controlnet_scale}
-    banks = pipe.build_banks(pairs.exemplar_images[picked], pairs.exemplar_labels[picked], steps, seed=0, **scale)
+    banks = pipe.build_banks(pairs.exemplar_images[picked], pairs.exemplar_labels[picked], steps, seed=0,
+                             controlnet_conditioning_scale=controlnet_scale)
     return banks, torch.as_tensor(index)
 
 

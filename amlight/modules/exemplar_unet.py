@@ -70,10 +70,9 @@ class ExemplarUNet(nn.Module):
         # half precision drifts): the UNet sees its own.
         dtype = self.unet.dtype
         latents, prompt_embeds = latents.to(dtype), prompt_embeds.to(dtype)
-        # Only a ControlNet takes a scale per call (None: its configured one; the ControlNeXt-style
-        # guidance's signal has no such argument, and controlnet_scale refuses one for it).
-        scale = {} if conditioning_scale is None else {"conditioning_scale": self.controlnet_scale(conditioning_scale)}
-        signal = self.guidance.signal(latents, timesteps, labels, prompt_embeds, **scale)
+        # A ControlNet's scale for this call (None: its configured one); refused for the ControlNeXt-style guidance.
+        signal = self.guidance.signal(latents, timesteps, labels, prompt_embeds,
+                                      conditioning_scale=self.controlnet_scale(conditioning_scale))
         self._control = signal.conv_in
         try:
             return self.unet(

@@ -103,8 +103,9 @@ class StructureGuidance(ModelMixin, ConfigMixin):
         return self.conv_out(F.silu(self.norm_out(h)))
 
     def signal(self, latents: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor,
-               prompt_embeds: torch.Tensor) -> GuidanceSignal:
-        """The control features for the UNet's ``conv_in`` (latents and prompt are not read)."""
+               prompt_embeds: torch.Tensor, conditioning_scale: float | None = None) -> GuidanceSignal:
+        """The control features for the UNet's ``conv_in`` (latents and prompt are not read).
+        ``conditioning_scale`` is a ControlNet's: always None here (ExemplarUNet.controlnet_scale refuses one)."""
         return GuidanceSignal(conv_in=self(labels, timesteps))
 
     def inject(self, control: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -114,46 +114,36 @@ class GenerationStage(DenoisingStage):
         """The backbone, UNet and structure guidance of a pipeline folder, as trainable copies; the
         hyper-parameters rewritten to what the folder holds, so that load_stage1 rebuilds the model."""
         from amlight.backbone.registry import backbone_from_spec
-        from amlight.checkpoints.pipeline_folder import check_pipeline_folder, own_memory, read_model_index
-        from amlight.checkpoints.stage1 import _load_part
-        from amlight.modules.controlnet_guidance import ControlNetGuidance
+        from amlight.checkpoints.pipeline_folder import check_pipeline_folder
+        from amlight.checkpoints.stage1 import guidance_hparams, load_folder_guidance
         from amlight.modules.exemplar_unet import ExemplarUNet
-        from amlight.modules.structure_guidance import StructureGuidance
 
         folder = str(folder)
         if backbone not in ("tiny", "pipeline") or backbone_path is not None or backbone_options:
             raise ValueError(f"init_from {folder}: the folder carries its own backbone; leave backbone, "
                              "backbone_path and backbone_options unset")
-        check_pipeline_folder(Path(folder))
-        kind = read_model_index(Path(folder)).get("structure_guidance", [None, None])[1]
-        if kind not in ("ControlNetGuidance", "StructureGuidance"):
-            raise ValueError(f"init_from {folder}: model_index.json names no structure guidance amlight knows "
-                             f"({kind!r})")
+        # check_pipeline_folder accepts only the structure-guidance classes amlight knows.
+        index = check_pipeline_folder(Path(folder))
+        kind = index["structure_guidance"][1]
         folder_guidance = "controlnet" if kind == "ControlNetGuidance" else "structure"
         if guidance is not None and guidance != folder_guidance:
             raise ValueError(f"init_from {folder} holds {folder_guidance!r} guidance ({kind}), but guidance is "
                              f"{guidance!r}: drop guidance or make it match")
         # Plain weights, not the frozen, cached stage-1 model: this one trains.
-        net = own_memory(_load_part(ControlNetGuidance if folder_guidance == "controlnet" else StructureGuidance,
-                                    Path(folder) / "structure_guidance")).train()
+        net = load_folder_guidance(Path(folder), index).train()
         config = net.config
         if int(config.num_classes) != num_classes:
             raise ValueError(f"init_from {folder}: its structure guidance reads {config.num_classes} classes, "
                              f"but num_classes is {num_classes} (the data's)")
-        hp = self.hparams
+        described = guidance_hparams(net)
         if folder_guidance == "controlnet":
-            colors = [list(c) for c in config.class_colors]
-            if controlnet_colors is not None and stage1_class_colors(controlnet_colors, num_classes) != colors:
+            if controlnet_colors is not None and \
+                    stage1_class_colors(controlnet_colors, num_classes) != described["class_colors"]:
                 raise ValueError(f"init_from {folder}: controlnet_colors differ from the folder's class colours "
                                  "(structure_guidance/config.json); drop controlnet_colors")
-            hp.update(class_colors=colors, guidance_scale=float(config.conditioning_scale),
-                      controlnet_config=dict(config.controlnet_config))
         elif controlnet_colors is not None:
             raise ValueError(f"init_from {folder} holds 'structure' guidance: controlnet_colors has no use")
-        else:
-            hp.update(guidance_channels=int(config.channels), guidance_scale=float(config.scale))
-        hp.update(guidance=folder_guidance, ignore_index=int(config.ignore_index), backbone="pipeline",
-                  backbone_path=folder)
+        self.hparams.update(described, backbone="pipeline", backbone_path=folder)
         self.backbone = backbone_from_spec({"preset": "pipeline", "path": folder})
         self.model = ExemplarUNet(self.backbone.new_unet(), net, ignore_index=int(config.ignore_index))
         self.train_scheduler = self.backbone.train_scheduler()
