@@ -1,6 +1,6 @@
 import sys
 
-from amlight.cli import main
+from amlight.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

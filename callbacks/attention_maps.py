@@ -28,7 +28,7 @@ from amlight.apps.attention_probe import (
     short_layer_name,
 )
 from amlight.apps.attention_panel import attention_panel, panel_tag, panel_title, tag_layer_name, to_chw
-from amlight.visualize import colorize, save_png
+from amlight.utils.visualize import colorize, save_png
 from amlight.callbacks.precision import trainer_precision
 from amlight.callbacks.run_dir import run_dir
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from amlight.visualize import colorize, column_grid, save_png, to_uint8
+from amlight.utils.visualize import colorize, column_grid, save_png, to_uint8
 from amlight.callbacks.precision import trainer_precision
 from amlight.callbacks.run_dir import run_dir
 

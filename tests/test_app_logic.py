@@ -152,7 +152,7 @@ def test_load_model_names_a_folder_that_is_not_a_pipeline(tmp_path):
 
 
 def test_load_model_from_a_pipeline_folder_reads_its_label_space(checkpoints, tmp_path):
-    from amlight.commands.export import export
+    from amlight.cli.commands.export import export
 
     folder, _ = export(str(checkpoints[0]), tmp_path / "pipe", adapter=str(checkpoints[1]), data="synthetic")
     pipe, space = A.load_model(pipeline=folder)
@@ -164,7 +164,7 @@ def test_load_model_from_a_pipeline_folder_reads_its_label_space(checkpoints, tm
 
 
 def test_app_command_says_in_one_line_what_is_missing(tmp_path, monkeypatch, capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     monkeypatch.chdir(tmp_path)  # no runs/quickstart here
     assert A.default_model_paths() == {}

@@ -13,7 +13,7 @@ import yaml
 
 from amlight.backbone.sd15_standin import CONTROLNET_DIR, write_sd15_standin
 from amlight.benchmarks.gpu_check import TINY_CONFIGS
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.controlnet_colors import controlnet_color_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def _ade_names():
 
 
 def test_help_loads_no_torch():
-    code = ("import sys; from amlight.cli import main; main(['assemble', '--help']); "
+    code = ("import sys; from amlight.cli.main import main; main(['assemble', '--help']); "
             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "--controlnet CN_DIR_OR_ID" in out and out.strip().endswith("NO TORCH")

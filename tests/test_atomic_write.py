@@ -4,8 +4,8 @@ import stat
 import numpy as np
 import pytest
 
-from amlight.atomic_write import atomic_write
-from amlight.visualize import save_png
+from amlight.utils.atomic_write import atomic_write
+from amlight.utils.visualize import save_png
 
 
 def test_written_files_get_normal_permissions_and_no_leftovers(tmp_path):

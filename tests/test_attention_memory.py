@@ -146,8 +146,8 @@ def test_auto_batch_size_divides_the_free_memory_and_is_the_cap_on_a_cpu(stage1_
 
 
 def test_generate_and_evaluate_default_to_auto_batch_sizes():
-    from amlight.commands.evaluate import build_parser as evaluate_parser
-    from amlight.commands.generate import build_parser as generate_parser
+    from amlight.cli.commands.evaluate import build_parser as evaluate_parser
+    from amlight.cli.commands.generate import build_parser as generate_parser
 
     assert generate_parser().parse_args(["--stage1", "s", "--out", "o"]).batch_size == "auto"
     assert evaluate_parser().parse_args(["--stage1", "s"]).batch_size == "auto"

@@ -1,7 +1,7 @@
 """Bad input sweep (issue 11, item 5): every user-facing command, given the bad inputs that each was
 taught to handle, exits non-zero with one line that names the file, no traceback, and no output.
 
-Commands run in-process through ``amlight.cli.main`` (one interpreter, seconds in all); two of them
+Commands run in-process through ``amlight.cli.main.main`` (one interpreter, seconds in all); two of them
 also run as ``python -m amlight`` to check the real entry point's exit code and stderr.
 """
 import json
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 
 from test_fit_errors import save_stage2_checkpoint
 from test_generate_cli import make_dataset

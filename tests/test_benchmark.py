@@ -2,8 +2,8 @@
 import json
 
 from amlight.benchmarks.train_speed import GIB, SD15_SELF_ATTENTION, logits_bytes, naive_all_layers_bytes
-from amlight.cli import main as cli_main
-from amlight.commands.benchmark import main
+from amlight.cli.main import main as cli_main
+from amlight.cli.commands.benchmark import main
 
 STAGES = ["stage1_structure_only", "stage1_augmented", "stage2_adapter"]
 

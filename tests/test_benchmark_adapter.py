@@ -4,7 +4,7 @@ import json
 import pytest
 
 from amlight.benchmarks.adapter_cost import _sd15_layers, cases, quickstart_adapter
-from amlight.commands.benchmark import main
+from amlight.cli.commands.benchmark import main
 
 
 def test_cli_times_adapter_and_unet_row_and_writes_ratios(tmp_path, capsys):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from amlight.benchmarks.memory_options import CASES, TINY_LAYER, read_layer
-from amlight.commands.benchmark import main
+from amlight.cli.commands.benchmark import main
 
 
 def test_cli_measures_every_case_in_its_own_process_and_writes_ratios(tmp_path, capsys):

@@ -15,7 +15,7 @@ from amlight.benchmarks.pipeline_speed import (
     reference_schedule,
     synthetic_inputs,
 )
-from amlight.commands.benchmark import main
+from amlight.cli.commands.benchmark import main
 from amlight.pipeline.synthesis import AMPipeline
 
 STEPS = 2

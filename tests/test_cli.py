@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.checkpoints.files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ image", although README says colour PNGs work)."""
 import numpy as np
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.registry import build_dataset
 from amlight.data.synthetic import SYNTHETIC_METADATA
 

@@ -148,7 +148,7 @@ def cli_setup(tmp_path_factory):
 
 
 def _generate(setup, out, *extra):
-    from amlight.commands.generate import main
+    from amlight.cli.commands.generate import main
 
     val = setup["data"] / "val"
     return main(["--pipeline", str(setup["folder"]), "--exemplar", str(val / "images" / "s0.png"),
@@ -180,7 +180,7 @@ def test_generate_records_the_controlnet_scale_and_draws_with_it(cli_setup):
 
 def test_generate_refuses_the_scale_on_a_model_without_controlnet(cli_setup, stage1_ckpt, capsys):
     from test_generate_cli import NAMES  # noqa: F401  (the data's classes: the checkpoint's 5)
-    from amlight.commands.generate import main
+    from amlight.cli.commands.generate import main
 
     val = cli_setup["data"] / "val"
     out = cli_setup["root"] / "refused"

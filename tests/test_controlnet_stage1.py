@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import amlight.lightning_cli  # noqa: F401 - Lightning's log handler must not bind to a test's captured stderr
+import amlight.cli.lightning_cli  # noqa: F401 - Lightning's log handler must not bind to a test's captured stderr
 from amlight.checkpoints.stage1 import load_stage1, stage1_from_pipeline_folder
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.modules.controlnet_guidance import ControlNetGuidance
 
 from conftest import make_batch

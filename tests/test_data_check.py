@@ -3,7 +3,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from amlight.commands.data import main
+from amlight.cli.commands.data import main
 from amlight.data.check import check_dataset, format_report
 
 NAMES = ["sky", "tree", "road", "car"]

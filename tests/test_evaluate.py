@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from amlight.commands.evaluate import main
+from amlight.cli.commands.evaluate import main
 
 NAMES = ["sky", "road", "car", "tree", "wall"]
 COLORS = [[70, 130, 180], [128, 64, 128], [0, 0, 142], [107, 142, 35], [102, 102, 156]]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from amlight.commands.evaluate import main
+from amlight.cli.commands.evaluate import main
 from amlight.metrics.evaluation import CONTROLNET_LABELS
 from amlight.metrics.evaluation_report import results_markdown
 

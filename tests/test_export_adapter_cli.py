@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from amlight.cli import main
+from amlight.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from amlight.cli import main
+from amlight.cli.main import main
 
 from conftest import save_stage1_checkpoint
 from test_generate_cli import NAMES, make_dataset, save_adapter

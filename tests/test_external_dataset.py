@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.registry import UnknownDatasetError, build_dataset, get_dataset_entry, is_module_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_register_dataset_takes_the_split_lister(tmp_path):
 
 
 def test_metrics_labels_accept_a_users_dataset(user_module):
-    from amlight.commands.metrics import _InputError, _metadata_and_settings
+    from amlight.cli.commands.metrics import _InputError, _metadata_and_settings
 
     module, name = user_module
     metadata, settings = _metadata_and_settings(f"{module}:{name}")

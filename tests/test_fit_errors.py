@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from amlight.cli import main
+from amlight.cli.main import main
 
 from conftest import save_stage1_checkpoint
 

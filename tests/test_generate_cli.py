@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from amlight.commands.generate import main
+from amlight.cli.commands.generate import main
 
 from conftest import TINY_OPTIONS, save_stage1_checkpoint
 
@@ -328,7 +328,7 @@ def test_existing_out_folder_is_left_as_it_was(world, bad_files, tmp_path):
 
 
 def test_python_entry_point(world, tmp_path):
-    from amlight.commands.generate import generate_files
+    from amlight.cli.commands.generate import generate_files
 
     status = generate_files(world["stage1"], tmp_path / "out", adapter=world["adapter"], data=world["data"],
                             pairs=world["val"] / "pairs.json", steps=2, threads=1, quiet=True, batch_size=4)
@@ -338,7 +338,7 @@ def test_python_entry_point(world, tmp_path):
 def test_the_parsers_mode_lists_are_attention_modes():
     """The parsers cannot import amlight.modules (it loads torch; --help must not), so they spell the
     modes out: here they are checked against their one home."""
-    from amlight.commands import benchmark, generate
+    from amlight.cli.commands import benchmark, generate
     from amlight.modules.attention_modes import ATTENTION_MODES, BANK_MODES
 
     assert generate.MODES == tuple(sorted(ATTENTION_MODES))

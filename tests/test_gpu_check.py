@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from amlight.benchmarks.gpu_check import CONV4D_BF16_TOLERANCE, SECTIONS, center_pivot_permute
-from amlight.cuda_runtime import CudaVersions, cuda_problem, parse_driver, parse_runtime
+from amlight.utils.cuda_runtime import CudaVersions, cuda_problem, parse_driver, parse_runtime
 
 SECTION_NAMES = ("generate", "training", "memory_options", "conv4d", "compile")
 
@@ -28,7 +28,7 @@ def test_permute_reference_equals_the_view_form_of_the_center_pivot_conv():
 
 
 def test_cpu_tiny_dry_run_fills_every_section_in_order(tmp_path, capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     out = tmp_path / "gpu_check.json"
     torch.backends.cudnn.benchmark = False
@@ -70,7 +70,7 @@ def test_cpu_tiny_dry_run_fills_every_section_in_order(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without CUDA")
 def test_without_cuda_it_says_so_in_one_line(tmp_path, capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     assert main(["benchmark", "gpu", "--standin", str(tmp_path / "s"), "--out", str(tmp_path / "g.json")]) == 1
     err = capsys.readouterr().err
@@ -282,7 +282,7 @@ def test_every_generated_image_is_checked_for_nan(monkeypatch):
 
 def test_a_nan_image_or_failed_check_makes_the_command_exit_1(tmp_path, monkeypatch, capsys):
     import amlight.benchmarks.gpu_check as gc_mod
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     record = {"device": "fake", "torch": "x", "cuda_runtime": None, "cuda_driver": None, "tiny": True,
               "resolution": 8, "total_s": 1.0, "generate": [{"mode": "adapter", "batch": 1, "nan_images": 1}]}
@@ -328,7 +328,7 @@ def test_no_problem_when_cuda_works_or_there_is_no_driver():
 
 
 def test_detect_on_this_machine_gives_the_torch_build():
-    from amlight.cuda_runtime import detect
+    from amlight.utils.cuda_runtime import detect
 
     v = detect()
     assert v.torch == torch.__version__ and v.runtime == parse_runtime(torch.version.cuda)
@@ -337,7 +337,7 @@ def test_detect_on_this_machine_gives_the_torch_build():
 
 def test_the_command_stops_with_one_line_when_the_driver_cannot_run_torchs_cuda(tmp_path, capsys, monkeypatch):
     import amlight.benchmarks.gpu_check as gc_mod
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     monkeypatch.setattr(gc_mod, "detect", lambda: _versions(runtime=(12, 8), driver=(12, 4), available=False))
     assert main(["benchmark", "gpu", "--standin", str(tmp_path / "s"), "--out", str(tmp_path / "g.json")]) == 1

@@ -122,7 +122,7 @@ def test_nan_in_inversion_names_the_step_and_the_layer(tiny_model, tiny_backbone
 def test_generate_reports_nan_as_one_line_and_writes_no_image(stage1_ckpt, tmp_path, capsys, monkeypatch):
     from test_generate_cli import make_dataset
 
-    from amlight.commands.generate import main
+    from amlight.cli.commands.generate import main
     from amlight.pipeline.synthesis import AMPipeline
 
     data = make_dataset(tmp_path / "data", n=2)

@@ -353,7 +353,7 @@ def folders(tmp_path):
 
 
 def test_cli_scores_folders_and_writes_json(folders, tiny_models, tmp_path, capsys):
-    from amlight.cli import main as cli_main
+    from amlight.cli.main import main as cli_main
 
     out = tmp_path / "nested" / "metrics.json"
     rc = cli_main(["metrics", "--pred", str(folders["pred"]), "--ref", str(folders["ref"]),
@@ -380,7 +380,7 @@ def test_cli_scores_folders_and_writes_json(folders, tiny_models, tmp_path, caps
 
 
 def test_cli_defaults_to_the_metrics_the_inputs_allow(folders, capsys):
-    from amlight.commands.metrics import main
+    from amlight.cli.commands.metrics import main
 
     assert main(["--pred", str(folders["pred"]), "--ref", str(folders["ref"])]) == 0
     table = capsys.readouterr().out
@@ -388,7 +388,7 @@ def test_cli_defaults_to_the_metrics_the_inputs_allow(folders, capsys):
 
 
 def test_cli_errors_are_clear(folders, tmp_path, capsys):
-    from amlight.commands.metrics import main
+    from amlight.cli.commands.metrics import main
 
     pred, ref = str(folders["pred"]), str(folders["ref"])
     assert main(["--pred", str(tmp_path / "nope"), "--ref", ref]) == 1

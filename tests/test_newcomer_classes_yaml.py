@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data import build_dataset
 from amlight.data.datasets import folder
 from amlight.data.datasets.folder import load_classes_yaml, read_classes_settings

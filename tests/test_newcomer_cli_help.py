@@ -10,8 +10,8 @@ import docstring_parser
 import pytest
 import yaml
 
-import amlight.lightning_cli  # noqa: F401 - Lightning's log handler must not bind to a test's captured stderr
-from amlight.cli import main
+import amlight.cli.lightning_cli  # noqa: F401 - Lightning's log handler must not bind to a test's captured stderr
+from amlight.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_short_class_names_work_in_a_fresh_process(tmp_path):
 
 
 def test_compact_args_blocks_become_one_entry_per_argument():
-    from amlight.lightning_cli import parseable_docstring
+    from amlight.cli.lightning_cli import parseable_docstring
 
     class Example:
         """Args:

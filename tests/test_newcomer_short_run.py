@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import amlight.lightning_cli  # noqa: F401 - Lightning's log handler must not bind to a test's captured stderr
-from amlight.cli import main
+import amlight.cli.lightning_cli  # noqa: F401 - Lightning's log handler must not bind to a test's captured stderr
+from amlight.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -40,11 +40,11 @@ def _capture(capsys):
 
 
 def test_a_run_shorter_than_its_validation_interval_validates_and_draws_at_its_end(tmp_path, monkeypatch):
-    import amlight.cpu_threads
+    import amlight.utils.cpu_threads
 
     monkeypatch.chdir(tmp_path)
     threads_before = torch.get_num_threads()
-    monkeypatch.setattr(amlight.cpu_threads, "default_threads", lambda: (1, 0.6))  # a busy machine
+    monkeypatch.setattr(amlight.utils.cpu_threads, "default_threads", lambda: (1, 0.6))  # a busy machine
     run, out, err = fit(tmp_path, "--trainer.max_steps", "3")
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_000003.png"]
     assert any(line.startswith("[fit] validation done") and "val/loss" in line for line in out.splitlines()), out

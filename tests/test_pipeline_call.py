@@ -15,7 +15,7 @@ from amlight.data.io import DataFileError
 from amlight.pipeline.call_inputs import InputResizedWarning
 from amlight.pipeline.label_space import PipelineLabelSpace
 from amlight.pipeline.synthesis import AMPipeline, AMPipelineOutput
-from amlight.visualize import to_uint8
+from amlight.utils.visualize import to_uint8
 
 STEPS = 2
 CLASSES = 5
@@ -158,7 +158,7 @@ def test_callback_on_step_end_sees_and_replaces_the_latents(pipe, inputs):
 
 def test_the_python_call_draws_the_bytes_generate_writes(stage1_ckpt, tmp_path):
     """Files in, the folder's label space decoding them: what ``generate`` writes for the same pair."""
-    from amlight.commands.generate import main
+    from amlight.cli.commands.generate import main
     from test_generate_cli import COLORS as DATA_COLORS, NAMES, make_dataset
 
     val = make_dataset(tmp_path / "data", n=2) / "val"  # 32x32 colour-label files: resized to 16x16

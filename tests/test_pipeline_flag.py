@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from amlight.cli import main
+from amlight.cli.main import main
 
 from conftest import make_batch, save_stage1_checkpoint
 from test_generate_cli import NAMES, make_dataset, save_adapter

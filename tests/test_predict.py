@@ -64,7 +64,7 @@ def test_predict_writes_every_pair_and_resumes(world, tmp_path):
 
 
 def test_predict_through_lightning_cli(world, tmp_path, monkeypatch):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "gen"

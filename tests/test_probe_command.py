@@ -1,6 +1,6 @@
 import json
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.synthetic import ensure_synthetic_dataset
 
 from conftest import save_stage1_checkpoint

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_fit_with_piped_output_prints_progress_lines(tmp_path, monkeypatch, capsys):
     """A real quickstart fit (shrunk) with stdout captured, i.e. not a terminal, as in a pipe or a log."""
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     args = [

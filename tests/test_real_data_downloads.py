@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.check import check_dataset
 from amlight.data.datamodule import ExemplarPairDataModule
 from amlight.data.io import DataFileError

@@ -10,7 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.datamodule import ExemplarPairDataModule
 from amlight.data.registry import DatasetRootConflict, build_dataset, resolve_dataset
 

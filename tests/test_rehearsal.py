@@ -29,7 +29,7 @@ ALLOWED = {
 
 
 def _resolved(argv, capsys) -> dict:
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     with pytest.raises(SystemExit) as info:
         main(argv + ["--print_config"])
@@ -122,7 +122,7 @@ def test_phase_records_exit_code_wall_time_and_its_own_peak_memory(tmp_path):
 
 
 def test_rehearse_refuses_a_resolution_that_is_not_a_multiple_of_64(capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     assert main(["rehearse", "sd15", "--resolution", "500"]) == 2
     assert "not a multiple of 64" in capsys.readouterr().err
@@ -175,7 +175,7 @@ def test_bounded_controlnet_rehearsal_runs_every_phase(tmp_path, shared):
 
 
 def test_a_failing_phase_stops_the_rehearsal_loudly(tmp_path, capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     standin = tmp_path / "not_a_standin"
     standin.mkdir()

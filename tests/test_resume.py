@@ -18,7 +18,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 _WRITER = r"""
 import sys, torch
-from amlight.checkpoint_io import AtomicCheckpointIO
+from amlight.training.checkpoint_io import AtomicCheckpointIO
 io, path, i = AtomicCheckpointIO(), sys.argv[1], 0
 while True:
     io.save_checkpoint({"i": i, "w": torch.full((2_000_000,), float(i))}, path)
@@ -40,7 +40,7 @@ def test_a_kill_during_checkpoint_writes_leaves_a_complete_file(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["i"] >= 2 and torch.equal(ckpt["w"], torch.full((2_000_000,), float(ckpt["i"])))
     # The next save removes what the killed write left beside the file.
-    from amlight.checkpoint_io import AtomicCheckpointIO
+    from amlight.training.checkpoint_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"i": -1}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
@@ -48,7 +48,7 @@ def test_a_kill_during_checkpoint_writes_leaves_a_complete_file(tmp_path):
 
 def test_a_truncated_ckpt_path_is_one_line():
     from amlight.checkpoints.files import CheckpointError
-    from amlight.checkpoint_io import AtomicCheckpointIO
+    from amlight.training.checkpoint_io import AtomicCheckpointIO
 
     with pytest.raises(CheckpointError, match=r"x\.ckpt does not exist"):
         AtomicCheckpointIO().load_checkpoint("/nowhere/x.ckpt")

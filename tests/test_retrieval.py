@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from amlight.commands.retrieve import main
+from amlight.cli.commands.retrieve import main
 from amlight.data.pairing import read_pairs_file
 from amlight.apps.retrieval import IndexFileError, LabelIndex, label_features
 

@@ -9,9 +9,9 @@ import yaml
 from jsonargparse import dict_to_namespace
 from lightning.pytorch.trainer.states import TrainerFn
 
-from amlight.cli import main
-from amlight.run_config import config_name, free_config_name
-from amlight.run_directory import FailedStartCleanup, RunDirError, RunLayout, check_fit_target, derive_run_layout
+from amlight.cli.main import main
+from amlight.training.run_config import config_name, free_config_name
+from amlight.training.run_directory import FailedStartCleanup, RunDirError, RunLayout, check_fit_target, derive_run_layout
 from amlight.checkpoints.files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_every_shipped_config_derives_all_paths_from_default_root_dir(config, tm
 def test_explicit_logger_and_checkpoint_folders_are_kept(tmp_path):
     cfg = dict_to_namespace({"trainer": {
         "default_root_dir": str(tmp_path / "root"),
-        "logger": {"class_path": "amlight.run_logger.RunLogger",
+        "logger": {"class_path": "amlight.training.run_logger.RunLogger",
                    "init_args": {"save_dir": str(tmp_path / "logs"), "name": "", "version": ""}},
         "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                        "init_args": {"dirpath": str(tmp_path / "ckpts")}}]}})

@@ -206,7 +206,7 @@ def test_each_scheduler_draws_with_banks_on_its_own_timesteps(pipe, name):
 
 
 def test_scheduler_names():
-    from amlight.commands.generate import SCHEDULER_NAMES
+    from amlight.cli.commands.generate import SCHEDULER_NAMES
 
     assert tuple(SCHEDULERS) == SCHEDULER_NAMES == NAMES
     config = DDIMScheduler().config
@@ -230,7 +230,7 @@ def test_fresh_scheduler_is_a_new_state():
 def test_generate_scheduler_flag_draws_and_records_it(stage1_ckpt, tmp_path, capsys):
     from test_generate_cli import make_dataset
 
-    from amlight.commands.generate import main
+    from amlight.cli.commands.generate import main
 
     data = make_dataset(tmp_path / "data", n=2)
     common = ["--stage1", str(stage1_ckpt), "--data", str(data), "--pairs", str(data / "val" / "pairs.json"),
@@ -251,7 +251,7 @@ def test_generate_scheduler_flag_draws_and_records_it(stage1_ckpt, tmp_path, cap
 def test_evaluate_scheduler_flag_keys_the_cache_and_records_it(stage1_ckpt, tmp_path, capsys):
     from test_evaluate import make_paired_dataset
 
-    from amlight.commands.evaluate import main
+    from amlight.cli.commands.evaluate import main
     from amlight.metrics.evaluation import EvaluationError, Settings
 
     data = make_paired_dataset(tmp_path / "data")

@@ -113,9 +113,9 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_standin(tmp_path):
 
 
 def test_command_help_is_light_and_errors_are_one_line(tmp_path, capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
-    code = ("import sys; from amlight.cli import main; "
+    code = ("import sys; from amlight.cli.main import main; "
             "main(['backbone', 'make-sd15-standin', '--help']); main(['rehearse', 'sd15', '--help']); "
             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -131,7 +131,7 @@ def test_controlnet_config_is_the_sd15_segmentation_controlnets_and_fits_the_une
     from diffusers import ControlNetModel
 
     from amlight.backbone.sd15_standin import controlnet_config
-    from amlight.commands.assemble_parts import check_controlnet_fits
+    from amlight.cli.commands.assemble_parts import check_controlnet_fits
 
     config = controlnet_config()
     assert config["conditioning_channels"] == 3 and config["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
@@ -162,7 +162,7 @@ def test_standin_with_controlnet_writes_a_random_controlnet_once(tiny_standin):
 
 
 def test_command_has_the_controlnet_flag(capsys):
-    from amlight.cli import main
+    from amlight.cli.main import main
 
     assert main(["backbone", "make-sd15-standin", "--help"]) == 0
     assert "--controlnet" in capsys.readouterr().out

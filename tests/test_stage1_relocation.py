@@ -11,7 +11,7 @@ import torch
 
 from amlight.checkpoints.files import CheckpointError
 from amlight.checkpoints.stage1 import find_stage1_of, load_stage1
-from amlight.cli import main
+from amlight.cli.main import main
 
 from conftest import save_stage1_checkpoint, save_tiny_sd15
 from test_generate_cli import make_dataset

@@ -1,7 +1,7 @@
 """`--help` and argument errors of every own subcommand start without torch, diffusers, Lightning or
 transformers (seconds of import each): checked by what a fresh interpreter has imported, not by timing.
 
-The command list is read from ``amlight.cli.OWN_COMMANDS`` and each command's argparse sub-commands,
+The command list is read from ``amlight.cli.main.OWN_COMMANDS`` and each command's argparse sub-commands,
 so commands added later are covered without editing this file.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from amlight.cli import OWN_COMMANDS
+from amlight.cli.main import OWN_COMMANDS
 
 HEAVY = ("torch", "diffusers", "lightning", "pytorch_lightning", "transformers")
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 # after each call (a call that imports one shows it first).
 _CHILD = r"""
 import contextlib, io, json, sys
-from amlight.cli import main
+from amlight.cli.main import main
 results = []
 for argv in json.loads(sys.argv[1]):
     out = io.StringIO()
@@ -106,7 +106,7 @@ def test_lazy_package_exports_still_work():
 
 
 def test_benchmark_startup_times_both_checkouts_and_refuses_a_bad_baseline(tmp_path, capsys):
-    from amlight.commands.benchmark import main as benchmark_main
+    from amlight.cli.commands.benchmark import main as benchmark_main
 
     out = tmp_path / "startup.json"
     assert benchmark_main(["startup", "--repeats", "1", "--baseline", str(REPO), "--out", str(out)]) == 0

@@ -224,7 +224,7 @@ def test_losing_a_race_finds_the_winners_folder(tmp_path, monkeypatch):
 
 
 def test_synth_command(tmp_path, capsys):
-    from amlight.commands.synth import main
+    from amlight.cli.commands.synth import main
 
     out = tmp_path / "cli"
     args = ["--out", str(out), "--num-train", "3", "--num-val-groups", "1", "--no-progress"]

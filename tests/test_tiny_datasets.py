@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from amlight.cli import main
+from amlight.cli.main import main
 from amlight.data.datamodule import ExemplarPairDataModule
 from amlight.data.holdout import holdout_count, holdout_indices, train_batches
 from amlight.data.io import DataFileError

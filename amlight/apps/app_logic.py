@@ -25,7 +25,7 @@ from amlight.apps.attention_probe import PROBE_MODES, default_probe_layers, draw
 from amlight.apps.inputs import LabelSpace, resize_image
 from amlight.modules.attention_modes import AttentionSettings, group_of
 from amlight.pipeline.schedulers import SCHEDULERS, scheduler_by_name
-from amlight.visualize import colorize, to_uint8
+from amlight.utils.visualize import colorize, to_uint8
 
 QUICKSTART_PIPELINE = "runs/quickstart/pipeline"
 QUICKSTART_STAGE1 = "runs/quickstart/stage1/checkpoints/last.ckpt"

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from amlight.apps.attention_probe import short_layer_name
-from amlight.visualize import column_grid, to_uint8
+from amlight.utils.visualize import column_grid, to_uint8
 
 
 def _font(size: int):

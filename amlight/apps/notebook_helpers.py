@@ -36,7 +36,7 @@ from amlight.apps.attention_probe import (
     short_layer_name,
 )
 from amlight.apps.attention_panel import attention_panel, layer_caption, panel, panel_title
-from amlight.visualize import colorize, to_uint8
+from amlight.utils.visualize import colorize, to_uint8
 
 QUICKSTART_STAGE1 = "runs/quickstart/stage1/checkpoints/last.ckpt"
 QUICKSTART_STAGE2 = "runs/quickstart/stage2/checkpoints/last.ckpt"

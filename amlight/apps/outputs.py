@@ -52,12 +52,12 @@ import torch
 from tqdm import tqdm
 
 from amlight.apps.inputs import Job, JobInputs, dedupe
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 from amlight.data.registry import DatasetMetadata
 from amlight.modules.attention_modes import AttentionSettings
 from amlight.pipeline.exemplar_banks import ExemplarBanks
 from amlight.pipeline.synthesis import UncoveredClassWarning, uncovered_classes
-from amlight.visualize import colorize, column_grid, save_png, to_uint8
+from amlight.utils.visualize import colorize, column_grid, save_png, to_uint8
 
 GRID_LIMIT = 16
 SUMMARY_FILE = "summary.json"

@@ -35,7 +35,7 @@ import torch
 
 from amlight.apps.inputs import Job, JobInputs, output_stem
 from amlight.apps.outputs import GenerationReport, ResultWriter, generate_pairs, prepare_out_dir
-from amlight.cpu_threads import default_threads
+from amlight.utils.cpu_threads import default_threads
 from amlight.modules.attention_modes import AttentionSettings
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 
 INDEX_FORMAT = "amlight-label-index"
 INDEX_VERSION = 1

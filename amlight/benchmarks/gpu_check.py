@@ -1,7 +1,7 @@
 """``python -m amlight benchmark gpu``: the SD 1.5 speed and memory figures, in one run on one CUDA device.
 
 Runs on a bare machine after ``pip install -e .``: it first prints the torch, CUDA runtime and driver
-versions (and stops with one line when the driver cannot run this torch's CUDA, amlight.cuda_runtime),
+versions (and stops with one line when the driver cannot run this torch's CUDA, amlight.utils.cuda_runtime),
 then writes (or reuses) the SD 1.5 stand-in (exact architecture, random weights) and loads it through
 the ``sd15`` preset, the user's path. Sections, most wanted first, each timed after a warm-up, each
 with its peak GPU memory (``torch.cuda.max_memory_allocated``):
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from amlight.backbone.sd15_standin import SD15_TEXT_CONFIG
-from amlight.cuda_runtime import CudaVersions, cuda_problem, detect
+from amlight.utils.cuda_runtime import CudaVersions, cuda_problem, detect
 from amlight.modules.exemplar_context import ExemplarRead
 
 NUM_CLASSES = 19  # Cityscapes / BDD100K train classes, as the shipped SD 1.5 configs

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from amlight.cpu_threads import available_cores, default_threads, idle_cores  # noqa: F401 - re-exported
+from amlight.utils.cpu_threads import available_cores, default_threads, idle_cores  # noqa: F401 - re-exported
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 from amlight.checkpoints.stage1 import Stage1Model
 from amlight.modules.adapter import AMAdapter
 from amlight.checkpoints.files import CheckpointError, check_safetensors_file, read_checkpoint

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 from amlight.checkpoints.stage1 import file_sha256, load_stage1
 from amlight.data.pairing import PairDataset, read_pairs_file
 from amlight.metrics import (

@@ -15,9 +15,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 from amlight.metrics.report import METRIC_INFO
-from amlight.visualize import column_grid, save_png
+from amlight.utils.visualize import column_grid, save_png
 
 SWEEPS_JSON, SWEEPS_MD = "sweeps.json", "sweeps.md"
 # Digits per metric: enough to see differences between modes, not more.

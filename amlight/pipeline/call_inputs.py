@@ -157,7 +157,7 @@ def _note_resize(what: str, shape, size) -> None:
 
 def to_output(images: torch.Tensor, output_type: str):
     """Images in [-1, 1] (N, 3, H, W) -> what diffusers users expect of ``output_type``."""
-    from amlight.visualize import to_uint8
+    from amlight.utils.visualize import to_uint8
 
     if output_type == "pt":
         return ((images.float().clamp(-1, 1) + 1) / 2).cpu()
@@ -166,7 +166,7 @@ def to_output(images: torch.Tensor, output_type: str):
     if output_type == "pil":
         from PIL import Image
 
-        # The same bytes as the PNGs ``generate`` writes (amlight.visualize.to_uint8).
+        # The same bytes as the PNGs ``generate`` writes (amlight.utils.visualize.to_uint8).
         return [Image.fromarray(a) for a in to_uint8(images).permute(0, 2, 3, 1).numpy()]
     raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amlight.commands import parse_or_exit_code
+from amlight.cli.commands import parse_or_exit_code
 
 PROG = "python -m amlight metrics"
 ALL_METRICS = ("psnr", "ssim", "delta_e", "label_miou", "fid", "self_sim", "clip", "seg_miou")
@@ -296,7 +296,7 @@ def run(args, progress=lambda message: None) -> dict:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    from amlight.atomic_write import atomic_write
+    from amlight.utils.atomic_write import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n"))
 

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code, int_at_least
+from amlight.cli.commands import parse_or_exit_code, int_at_least
 
 DEFAULT_OUT = "runs/benchmarks/train.json"
 # amlight.modules.attention_modes.BANK_MODES, alphabetical: the parser cannot import it (the package
@@ -172,7 +172,7 @@ _positive, _non_negative = int_at_least(1), int_at_least(0)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    from amlight.atomic_write import atomic_write
+    from amlight.utils.atomic_write import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
@@ -183,7 +183,7 @@ def _report(out: Path, result: dict, table: str, markdown: bool = False) -> None
     write_json_atomic(out, result)
     written = str(out)
     if markdown:
-        from amlight.atomic_write import atomic_write
+        from amlight.utils.atomic_write import atomic_write
 
         md = out.with_suffix(".md")
         atomic_write(md, lambda tmp: Path(tmp).write_text(table + "\n"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from amlight.commands import parse_or_exit_code
+from amlight.cli.commands import parse_or_exit_code
 
 PROG = "python -m amlight export-adapter"
 

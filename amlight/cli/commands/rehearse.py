@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amlight.commands import int_at_least, parse_or_exit_code
+from amlight.cli.commands import int_at_least, parse_or_exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,16 @@
 """LightningCLI configured for amlight: any stage, any DataModule, omegaconf YAML, linked arguments.
 
 On top of Lightning's CLI (see README "Runs: one folder each, resuming"):
-- the run directory is derived once, after the command line is merged (amlight.run_directory);
+- the run directory is derived once, after the command line is merged (amlight.training.run_directory);
 - `fit` into a folder that holds a run refuses unless it is resumed (``--ckpt_path last``), and a
-  resumed run never replaces the first run's config.yaml (amlight.run_config);
-- checkpoints are written atomically and read with one-line errors (amlight.checkpoint_io);
-- errors about the user's input are one line (amlight.cli_errors), and a start that fails before
+  resumed run never replaces the first run's config.yaml (amlight.training.run_config);
+- checkpoints are written atomically and read with one-line errors (amlight.training.checkpoint_io);
+- errors about the user's input are one line (amlight.cli.lightning_errors), and a start that fails before
   training leaves nothing behind in the run directory;
 - a run whose last step is not a validation step validates there too (a 30-step try of a config
   that validates every 250 steps still shows its loss and samples);
 - on the CPU, torch uses one thread per core that other processes leave idle (``--threads N`` sets
-  it), as generate and predict do (amlight.cpu_threads);
+  it), as generate and predict do (amlight.utils.cpu_threads);
 - help says ``python -m amlight fit``, describes the stages' and the DataModule's arguments
   (``--model.help GenerationStage``, ``--data.help ExemplarPairDataModule``) and accepts the short
   class names (``--model AdapterStage``).
@@ -32,12 +32,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import amlight.apps.predict_module
 import amlight.stages
 from amlight.callbacks.progress_log import ProgressLog
-from amlight.checkpoint_io import AtomicCheckpointIO
+from amlight.training.checkpoint_io import AtomicCheckpointIO
 from amlight.checkpoints.files import STAGE_NAMES, CheckpointError, load_torch_file
-from amlight.cli_errors import describe
+from amlight.cli.lightning_errors import describe
 from amlight.data.datamodule import ExemplarPairDataModule
-from amlight.run_config import RunConfigCallback
-from amlight.run_directory import FailedStartCleanup, RunComplete, check_fit_target, derive_run_layout
+from amlight.training.run_config import RunConfigCallback
+from amlight.training.run_directory import FailedStartCleanup, RunComplete, check_fit_target, derive_run_layout
 from amlight.stages.denoising_stage import DenoisingStage
 
 _STAGE_OF_CLASS = {"amlight.stages.GenerationStage": "generation", "amlight.stages.generation.GenerationStage": "generation",
@@ -102,7 +102,7 @@ class AmlightCLI(LightningCLI):
             raise
 
     def init_parser(self, **kwargs):
-        # Errors come back as exceptions (amlight.cli_errors words them) instead of a usage dump + exit.
+        # Errors come back as exceptions (amlight.cli.lightning_errors words them) instead of a usage dump + exit.
         kwargs.setdefault("exit_on_error", False)
         parser = super().init_parser(**kwargs)
         if any(kwargs.get("description", "").startswith(_DESCRIPTIONS[name]) for name in _THREADED):
@@ -287,7 +287,7 @@ class _ValidateAtLastStep(L.Callback):
 
 class _CpuThreads(L.Callback):
     """On the CPU, torch's threads: ``threads`` when given, else one per core that other processes
-    leave idle (amlight.cpu_threads.default_threads, divided among the processes of a CPU DDP run).
+    leave idle (amlight.utils.cpu_threads.default_threads, divided among the processes of a CPU DDP run).
 
     Torch's default is every core; when another job holds one of them, each op's thread barrier waits
     for a time slice (on 2 shared cores, 20 tiny-model steps took 25 s with 2 threads and 6 s with 1).
@@ -306,7 +306,7 @@ class _CpuThreads(L.Callback):
 
         if not isinstance(trainer.accelerator, CPUAccelerator):
             return
-        from amlight.cpu_threads import available_cores, default_threads
+        from amlight.utils.cpu_threads import available_cores, default_threads
 
         self._before = torch.get_num_threads()
         idle = None

@@ -143,7 +143,7 @@ def assemble_pipeline(base: str, controlnet: str, data: str, out: str | Path, co
         raise AssembleError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     if not conditioning_scale >= 0:
         raise AssembleError(f"--conditioning-scale {conditioning_scale}: must be >= 0")
-    from amlight.commands.export import check_out_folder
+    from amlight.cli.commands.export import check_out_folder
 
     out = Path(out)
     check_out_folder(out, overwrite, AssembleError)
@@ -161,7 +161,7 @@ def assemble_pipeline(base: str, controlnet: str, data: str, out: str | Path, co
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from amlight.commands.export import pipeline_label_space, write_pipeline_folder
+    from amlight.cli.commands.export import pipeline_label_space, write_pipeline_folder
     from amlight.modules.controlnet_guidance import ControlNetGuidance
     from amlight.pipeline.synthesis import AMPipeline
 

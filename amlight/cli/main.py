@@ -2,7 +2,7 @@
 
 Lightning subcommands go to :class:`AmlightCLI` (LightningCLI: YAML configs, dotted overrides,
 omegaconf interpolation, the resolved config saved next to the checkpoints). The project's own
-subcommands are small argparse programs, each a module in ``amlight.commands`` with ``main(argv)``.
+subcommands are small argparse programs, each a module in ``amlight.cli.commands`` with ``main(argv)``.
 """
 from __future__ import annotations
 
@@ -16,20 +16,20 @@ LIGHTNING_COMMANDS = {
     "predict": "run the predict loop of a stage",
 }
 OWN_COMMANDS = {
-    "synth": ("amlight.commands.synth", "render the synthetic driving scenes (the offline default data)"),
-    "data": ("amlight.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
-    "probe": ("amlight.commands.probe", "same-class attention mass per mode on validation pairs"),
-    "export": ("amlight.commands.export", "write a stage-1 checkpoint (+ adapter) as a diffusers pipeline folder to share"),
-    "assemble": ("amlight.commands.assemble", "a pipeline folder from public parts: SD 1.5 + a segmentation ControlNet + a dataset's classes"),
-    "export-adapter": ("amlight.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
-    "generate": ("amlight.commands.generate", "draw target label maps in exemplars' appearance (pairs, all pairs, retrieval)"),
-    "retrieve": ("amlight.commands.retrieve", "rank a database's exemplars for target label maps (class coverage + layout)"),
-    "evaluate": ("amlight.commands.evaluate", "generate with every attention mode and score them (JSON + Markdown table + grid)"),
-    "metrics": ("amlight.commands.metrics", "score generated images against references (PSNR, SSIM, ΔE, FID, ...)"),
-    "benchmark": ("amlight.commands.benchmark", "speed and memory benchmarks: `benchmark train`, `benchmark pipeline`"),
-    "backbone": ("amlight.commands.backbone", "backbone folders: `backbone make-sd15-standin --out DIR` (SD 1.5's architecture, random weights)"),
-    "app": ("amlight.commands.app", "a local Gradio app: generate, paint, link regions, look at attention (needs the `app` extra)"),
-    "rehearse": ("amlight.commands.rehearse", "`rehearse sd15`: the shipped SD 1.5 configs end to end on the CPU at 512 px (time, peak memory)"),
+    "synth": ("amlight.cli.commands.synth", "render the synthetic driving scenes (the offline default data)"),
+    "data": ("amlight.cli.commands.data", "inspect datasets: `data check NAME_OR_DIR` validates one before training"),
+    "probe": ("amlight.cli.commands.probe", "same-class attention mass per mode on validation pairs"),
+    "export": ("amlight.cli.commands.export", "write a stage-1 checkpoint (+ adapter) as a diffusers pipeline folder to share"),
+    "assemble": ("amlight.cli.commands.assemble", "a pipeline folder from public parts: SD 1.5 + a segmentation ControlNet + a dataset's classes"),
+    "export-adapter": ("amlight.cli.commands.export_adapter", "write a stage-2 checkpoint's adapter to safetensors"),
+    "generate": ("amlight.cli.commands.generate", "draw target label maps in exemplars' appearance (pairs, all pairs, retrieval)"),
+    "retrieve": ("amlight.cli.commands.retrieve", "rank a database's exemplars for target label maps (class coverage + layout)"),
+    "evaluate": ("amlight.cli.commands.evaluate", "generate with every attention mode and score them (JSON + Markdown table + grid)"),
+    "metrics": ("amlight.cli.commands.metrics", "score generated images against references (PSNR, SSIM, ΔE, FID, ...)"),
+    "benchmark": ("amlight.cli.commands.benchmark", "speed and memory benchmarks: `benchmark train`, `benchmark pipeline`"),
+    "backbone": ("amlight.cli.commands.backbone", "backbone folders: `backbone make-sd15-standin --out DIR` (SD 1.5's architecture, random weights)"),
+    "app": ("amlight.cli.commands.app", "a local Gradio app: generate, paint, link regions, look at attention (needs the `app` extra)"),
+    "rehearse": ("amlight.cli.commands.rehearse", "`rehearse sd15`: the shipped SD 1.5 configs end to end on the CPU at 512 px (time, peak memory)"),
 }
 
 
@@ -64,6 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_lightning(argv: list[str] | None, command: str = "fit") -> int:
     """Exit code of a Lightning subcommand; errors about the user's input are one line (exit 1)."""
-    from amlight.lightning_cli import run_cli
+    from amlight.cli.lightning_cli import run_cli
 
     return run_cli(argv, command)

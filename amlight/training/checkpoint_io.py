@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 from amlight.checkpoints.files import load_torch_file
 
 

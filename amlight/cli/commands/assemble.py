@@ -4,17 +4,17 @@
         --controlnet lllyasviel/control_v11p_sd15_seg --data cityscapes --out models/sd15-cityscapes-controlnet
 
 Light at import time (argparse only): ``--help`` loads no torch. The work is
-:func:`amlight.commands.assemble_parts.assemble_pipeline`.
+:func:`amlight.cli.commands.assemble_parts.assemble_pipeline`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from amlight.commands import parse_or_exit_code
+from amlight.cli.commands import parse_or_exit_code
 
 PROG = "amlight assemble"
-DTYPES = ("float32", "float16", "bfloat16")  # = amlight.commands.assemble_parts.DTYPES (not imported: no torch here)
+DTYPES = ("float32", "float16", "bfloat16")  # = amlight.cli.commands.assemble_parts.DTYPES (not imported: no torch here)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_or_exit_code(build_parser(), argv)
     if isinstance(args, int):
         return args
-    from amlight.commands.assemble_parts import assemble_pipeline
+    from amlight.cli.commands.assemble_parts import assemble_pipeline
 
     try:
         out = assemble_pipeline(args.base, args.controlnet, args.data, args.out,

@@ -7,7 +7,7 @@ before ``--trainer.default_root_dir`` could change it)::
 
     <trainer.default_root_dir>/       the run directory
         config.yaml                   the resolved config (config.resume-N.yaml for each resume)
-        hparams.yaml, events.out.*    TensorBoard (amlight.run_logger.RunLogger)
+        hparams.yaml, events.out.*    TensorBoard (amlight.training.run_logger.RunLogger)
         checkpoints/last.ckpt, ...    ModelCheckpoint without its own dirpath
         samples/, attention/          the image callbacks (they follow the logger's log_dir)
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from amlight.checkpoints.files import load_torch_file
 
-RUN_LOGGERS = ("amlight.run_logger.RunLogger",)
+RUN_LOGGERS = ("amlight.training.run_logger.RunLogger",)
 # Subfolders of the run directory that hold run outputs and are searched in full for new files.
 OUTPUT_FOLDERS = ("checkpoints", "samples", "attention")
 _LAST = re.compile(r"^last(-v?\d+)?$")

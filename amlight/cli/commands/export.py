@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from amlight.commands import parse_or_exit_code
+from amlight.cli.commands import parse_or_exit_code
 
 PROG = "amlight export"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -92,7 +92,7 @@ def folder_size(folder: Path) -> int:
 def export(stage1: str | None, out: str | Path, adapter: str | None = None, dtype: str = "fp32",
            base: str | None = None, data: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
     """Write the pipeline folder ``out``; (its path, {folder_size, checkpoint_sizes})."""
-    from amlight.commands import stage1_path
+    from amlight.cli.commands import stage1_path
 
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code, int_at_least
+from amlight.cli.commands import parse_or_exit_code, int_at_least
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 PROG = "amlight retrieve"
@@ -270,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         document["targets"] = results
 
-    from amlight.atomic_write import atomic_write
+    from amlight.utils.atomic_write import atomic_write
 
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"))
     _print_summary(results, args, len(index), indexed - started, ranked - indexed, out)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amlight.atomic_write import atomic_write
+from amlight.utils.atomic_write import atomic_write
 from amlight.data.registry import DatasetMetadata
 
 

@@ -20,7 +20,7 @@ architecture, an unwritable --out) stops the command before anything is drawn, w
 
 The same in Python (see :mod:`amlight.apps.inputs` and :mod:`amlight.apps.outputs`)::
 
-    from amlight.commands.generate import generate_files
+    from amlight.cli.commands.generate import generate_files
 
     status = generate_files("runs/quickstart/stage1/checkpoints/last.ckpt", "runs/gen",
                             adapter="runs/quickstart/stage2/checkpoints/last.ckpt",
@@ -37,7 +37,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from amlight.commands import parse_or_exit_code, int_at_least, auto_or_int_at_least, non_negative_float
+from amlight.cli.commands import parse_or_exit_code, int_at_least, auto_or_int_at_least, non_negative_float
 
 PROG = "amlight generate"
 # amlight.modules.attention_modes.ATTENTION_MODES, alphabetical (adapter first): the parser cannot import
@@ -159,7 +159,7 @@ def check_arguments(args: argparse.Namespace, attention) -> str:
                             "or --pairs pairs.json, or --target-labels LBL --retrieve DATASET")
     if args.exemplar_labels and not args.exemplar:
         raise GenerateError("--exemplar-labels needs --exemplar (the images they belong to)")
-    from amlight.commands import model_arguments_problem
+    from amlight.cli.commands import model_arguments_problem
 
     problem = model_arguments_problem(args.stage1, args.adapter, args.pipeline, args.base)
     if problem:
@@ -235,7 +235,7 @@ def _set_threads(args, device: str) -> None:
         threads = threads if isinstance(threads, int) and threads > 0 else None
     if threads is None and device == "cpu":
         try:
-            from amlight.cpu_threads import default_threads
+            from amlight.utils.cpu_threads import default_threads
 
             threads = default_threads()[0]
         except ImportError:  # pragma: no cover
@@ -246,7 +246,7 @@ def _set_threads(args, device: str) -> None:
 
 
 def _load_pipeline(args, notes: list):
-    from amlight.commands import open_pipeline, stage1_path
+    from amlight.cli.commands import open_pipeline, stage1_path
 
     if not args.pipeline:
         args.stage1 = stage1_path(args.stage1, args.adapter)  # --adapter alone: the stage 1 it names

@@ -7,7 +7,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 class RunLogger(TensorBoardLogger):
     """TensorBoardLogger whose ``log_dir`` is ``save_dir`` itself (no ``name/version_N`` subfolders).
 
-    ``save_dir`` left out (as the shipped configs do): :class:`amlight.lightning_cli.AmlightCLI` sets it
+    ``save_dir`` left out (as the shipped configs do): :class:`amlight.cli.lightning_cli.AmlightCLI` sets it
     to ``trainer.default_root_dir``, so ``--trainer.default_root_dir DIR`` moves the whole run (events,
     checkpoints, config.yaml, samples, attention maps) and no path in a YAML is resolved before the
     command line is read. ``--trainer.logger.init_args.save_dir DIR`` still wins when given.
