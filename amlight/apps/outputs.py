@@ -1,10 +1,10 @@
-"""Drawing jobs and writing what they produce: results, triplets, a grid, ``summary.json``.
+"""Writing what generation draws: results, triplets, a grid, ``summary.json``.
 
-:func:`generate_pairs` (one :class:`PairGenerator` run) is the loop behind ``python -m amlight
-generate`` and ``python -m amlight predict``. It groups the jobs (:class:`~amlight.apps.inputs.Job`)
-by exemplar, builds each exemplar's banks (DDIM inversion) once for all its targets, draws up to
-``batch_size`` targets per UNet call (exemplars are inverted ``batch_size`` at a time too), and
-hands every image to a :class:`ResultWriter`:
+:func:`generate_pairs` is the loop behind ``python -m amlight generate`` and ``python -m amlight
+predict``: :class:`~amlight.pipeline.pair_batches.PairBatches` groups the jobs
+(:class:`~amlight.apps.inputs.Job`) by exemplar, builds each exemplar's banks (DDIM inversion) once
+for all its targets and draws up to ``batch_size`` targets per UNet call (exemplars are inverted
+``batch_size`` at a time too); :class:`PairGenerator` hands every image to a :class:`ResultWriter`:
 
 - ``OUT/<exemplar>__<target>[__mode].png``: the result, at the model's size;
 - ``OUT/triplets/<same name>.png`` (``triplets=True``): exemplar | target labels | result [| target image];
@@ -34,6 +34,9 @@ Python::
     report = generate_pairs(pipe, jobs, writer, attention=AttentionSettings("adapter"), steps=20, seed=0)
     writer.write_summary({"pairs": "data/synthetic/val/pairs.json"}, report)
     writer.write_grid()
+
+The same from files to files in one call, every input checked first:
+:func:`amlight.apps.generate_files.generate_files`.
 """
 from __future__ import annotations
 
@@ -42,7 +45,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,8 +57,8 @@ from amlight.apps.inputs import Job, JobInputs, dedupe
 from amlight.utils.atomic_write import atomic_write
 from amlight.data.registry import DatasetMetadata
 from amlight.modules.attention_modes import AttentionSettings
-from amlight.pipeline.exemplar_banks import ExemplarBanks
-from amlight.pipeline.synthesis import UncoveredClassWarning, uncovered_classes
+from amlight.pipeline.pair_batches import PairBatches
+from amlight.pipeline.synthesis import uncovered_classes
 from amlight.utils.visualize import colorize, column_grid, save_png, to_uint8
 
 GRID_LIMIT = 16
@@ -225,79 +227,13 @@ class GenerationReport:
     settings: dict = field(default_factory=dict)
 
 
-def concat_banks(parts: Sequence[ExemplarBanks]) -> ExemplarBanks:
-    """One :class:`~amlight.pipeline.exemplar_banks.ExemplarBanks` over several exemplars' banks (same schedule)."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    banks = [{layer: torch.cat([p.banks[i][layer] for p in parts]) for layer in step}
-             for i, step in enumerate(first.banks)]
-    return ExemplarBanks(
-        timesteps=first.timesteps, banks=banks,
-        exemplar_labels=torch.cat([p.exemplar_labels for p in parts]),
-        latent_size=first.latent_size,
-        unet_calls=sum(p.unet_calls for p in parts), unet_rows=sum(p.unet_rows for p in parts),
-        meta=dict(first.meta),
-    )
-
-
-def slice_banks(banks: ExemplarBanks, j: int) -> ExemplarBanks:
-    """Exemplar ``j`` of an :class:`~amlight.pipeline.exemplar_banks.ExemplarBanks` as banks of its own."""
-    n = max(1, banks.batch)
-    return ExemplarBanks(
-        timesteps=banks.timesteps, banks=[{layer: t[j:j + 1] for layer, t in step.items()} for step in banks.banks],
-        exemplar_labels=banks.exemplar_labels[j:j + 1], latent_size=banks.latent_size,
-        unet_calls=banks.unet_calls // n, unet_rows=banks.unet_rows // n, meta=dict(banks.meta),
-    )
-
-
 def _default_warn(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-@dataclass
-class BatchPlan:
-    """The fixed cut of a job list into UNet batches, and what each batch needs from the bank cache.
-
-    Jobs are grouped by exemplar (first-appearance order) so each exemplar's banks are built once,
-    then cut into batches of ``batch_size``. A batch with anything left to draw is drawn whole (its
-    finished members are not rewritten): a resumed run computes exactly the batches of an
-    uninterrupted one, so its images are the same bytes (float results can depend on the batch's
-    size and make-up). Exemplars are inverted in fixed chunks of ``batch_size`` (first-appearance
-    order), each chunk in one batched call, for the same reason.
-    """
-
-    batches: list[list[Job]]
-    todo: set[str]  # output names not there yet
-    last_use: dict[str, int]  # exemplar -> the last batch with something to draw that reads it
-    chunk_members: dict[str, list[str]]  # exemplar -> the exemplars inverted in the same call
-    representative: dict[str, Job]  # exemplar -> its first job (whose inputs invert it for its chunk)
-
-    @classmethod
-    def of(cls, jobs: Sequence[Job], writer: ResultWriter, batch_size: int) -> "BatchPlan":
-        first_seen: dict[str, int] = {}
-        for i, job in enumerate(jobs):
-            first_seen.setdefault(job.exemplar, i)
-        ordered = sorted(jobs, key=lambda j: first_seen[j.exemplar])
-        size = max(1, int(batch_size))
-        batches = [ordered[i:i + size] for i in range(0, len(ordered), size)]
-        todo = {job.name for job in ordered if not writer.has_result(job.name)}
-        last_use: dict[str, int] = {}
-        for b, batch in enumerate(batches):
-            if any(job.name in todo for job in batch):
-                for job in batch:
-                    last_use[job.exemplar] = b
-        exemplar_order = list(dict.fromkeys(job.exemplar for job in ordered))
-        chunk_of = {e: i // size for i, e in enumerate(exemplar_order)}
-        chunk_members = {e: [o for o in exemplar_order if chunk_of[o] == chunk_of[e]] for e in exemplar_order}
-        representative: dict[str, Job] = {}
-        for job in ordered:
-            representative.setdefault(job.exemplar, job)
-        return cls(batches, todo, last_use, chunk_members, representative)
-
-
 class PairGenerator:
-    """One :func:`generate_pairs` run: the plan, the cache of exemplar banks, and the report so far.
+    """One :func:`generate_pairs` run: the :class:`~amlight.pipeline.pair_batches.PairBatches` that
+    draws, and the sink that writes each image, records it and keeps the report so far.
 
     The report is an attribute so that a Ctrl-C anywhere leaves it consistent with the files written.
     """
@@ -306,10 +242,7 @@ class PairGenerator:
                  steps: int, guidance_scale: float, seed: int, batch_size: int,
                  warn: Callable[[str], None] | None = None, class_name: Callable[[int], str] | None = None,
                  controlnet_scale: float | None = None):
-        self.pipe, self.writer, self.attention = pipe, writer, attention
-        # A ControlNet's conditioning scale for every bank and image of the run (None: the model's own).
-        self.controlnet_scale = controlnet_scale
-        self.steps, self.guidance_scale, self.seed = steps, guidance_scale, seed
+        self.pipe, self.writer, self.attention, self.seed = pipe, writer, attention, seed
         self.jobs = dedupe(jobs)
         self.warn = warn or _default_warn
         if class_name is None:
@@ -324,40 +257,38 @@ class PairGenerator:
             "appearance_strength": attention.appearance_strength,
         })
         self.records: dict[str, dict] = {}  # output name -> its summary entry
-        self.plan = BatchPlan.of(self.jobs, writer, batch_size)
-        self.banks: dict[tuple, ExemplarBanks] = {}  # Job.bank_key -> that exemplar's banks
+        self.batches = PairBatches(pipe, self.jobs, attention=attention, steps=steps, guidance_scale=guidance_scale,
+                                   seed=seed, batch_size=batch_size, done=writer.has_result,
+                                   controlnet_scale=controlnet_scale)
         self.calls_before = getattr(pipe, "unet_calls", 0)
+        self.bar = None
 
     def run(self, progress: bool = True) -> GenerationReport:
-        plan, writer = self.plan, self.writer
-        bar = tqdm(total=len(self.jobs), initial=len(self.jobs) - len(plan.todo), desc="generate", unit="pair",
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        todo = self.batches.plan.todo
+        self.bar = tqdm(total=len(self.jobs), initial=len(self.jobs) - len(todo), desc="generate", unit="pair",
+                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
         try:
-            for b, batch in enumerate(plan.batches):
-                loaded = [(job, job.load()) for job in batch]
-                for job, inputs in loaded:
-                    if job.name in plan.todo:
-                        continue
-                    if not writer.done(job.name):  # only the triplet is missing: no need to redraw
-                        writer.complete(job.name, inputs)
-                    self.report.skipped.append(job.name)
-                    self.record(job, inputs, "skipped")
-                if any(job.name in plan.todo for job in batch):
-                    for (job, inputs), image in zip(loaded, self.draw(loaded, b)):
-                        if job.name in plan.todo:
-                            writer.write(job.name, image, inputs)
-                            self.report.written.append(job.name)
-                            self.record(job, inputs, "written")
-                            bar.update(1)
-                for exemplar in [e for e, last in plan.last_use.items() if last == b]:
-                    self.forget(exemplar)
+            self.batches.run(self)
         except KeyboardInterrupt as exc:
             self.report.interrupted = True
             exc.report = self.finish()  # type: ignore[attr-defined]
             raise
         finally:
-            bar.close()
+            self.bar.close()
         return self.finish()
+
+    def skipped(self, job: Job, inputs: JobInputs) -> None:
+        if not self.writer.done(job.name):  # only the triplet is missing: no need to redraw
+            self.writer.complete(job.name, inputs)
+        self.report.skipped.append(job.name)
+        self.record(job, inputs, "skipped")
+
+    def drawn(self, job: Job, inputs: JobInputs, image: torch.Tensor) -> None:
+        self.writer.write(job.name, image, inputs)
+        self.report.written.append(job.name)
+        self.record(job, inputs, "written")
+        if self.bar is not None:
+            self.bar.update(1)
 
     def record(self, job: Job, inputs: JobInputs, status: str) -> None:
         """The job's summary entry; a drawn pair whose target has classes its exemplar lacks also warns."""
@@ -379,67 +310,12 @@ class PairGenerator:
             self.report.warnings.append(message)
             self.warn(message)
 
-    def forget(self, exemplar: str) -> None:
-        """Drop every cached bank of ``exemplar`` (nothing left to draw reads it)."""
-        for key in [k for k in self.banks if k[0] == exemplar]:
-            del self.banks[key]
-
-    def build(self, members: list[tuple[Job, JobInputs]]) -> None:
-        """Invert ``members``' exemplars in one batched call and cache each one's banks."""
-        images = torch.stack([inputs.exemplar_image for _, inputs in members])
-        labels = torch.stack([inputs.exemplar_labels for _, inputs in members])
-        match = None
-        if any(inputs.exemplar_match is not None for _, inputs in members):
-            match = torch.stack([inputs.exemplar_labels if inputs.exemplar_match is None else inputs.exemplar_match
-                                 for _, inputs in members])
-        banks = self.pipe.build_banks(images, labels, self.steps, seed=self.seed, match_labels=match,
-                                      controlnet_conditioning_scale=self.controlnet_scale)
-        self.report.unet_calls += banks.unet_calls
-        for j, (job, inputs) in enumerate(members):
-            self.banks[job.bank_key(inputs)] = slice_banks(banks, j)
-
-    def ensure_banks(self, job: Job, inputs: JobInputs, b: int) -> tuple:
-        """The cache key of ``job``'s banks, building its exemplar's chunk first if needed (in batch ``b``)."""
-        key = job.bank_key(inputs)
-        if key in self.banks:
-            return key
-        plan = self.plan
-        chunk = plan.chunk_members[job.exemplar]
-        members = [(job, inputs) if e == job.exemplar else (plan.representative[e], plan.representative[e].load())
-                   for e in chunk]
-        self.build(members)
-        for e in chunk:  # exemplars of the chunk with nothing left to draw
-            if plan.last_use.get(e, -1) < b:
-                self.forget(e)
-        if key not in self.banks:  # this job links other regions of its exemplar than the chunk's representative
-            self.build([(job, inputs)])
-        return key
-
-    def draw(self, batch: list[tuple[Job, JobInputs]], b: int) -> torch.Tensor:
-        """Every member of batch ``b`` in one pipeline call: uint8 (N, 3, H, W)."""
-        banks = index = None
-        if self.attention.reads_exemplar:
-            keys = [self.ensure_banks(job, inputs, b) for job, inputs in batch]
-            unique = list(dict.fromkeys(keys))
-            banks = concat_banks([self.banks[k] for k in unique])
-            index = torch.tensor([unique.index(k) for k in keys])
-        targets = torch.stack([inputs.target_labels for _, inputs in batch])
-        match = None
-        if any(inputs.target_match is not None for _, inputs in batch):
-            match = torch.stack([inputs.target_labels if inputs.target_match is None else inputs.target_match
-                                 for _, inputs in batch])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UncoveredClassWarning)  # reported per pair, with file names
-            images = self.pipe.draw(targets, banks, index, attention=self.attention, guidance_scale=self.guidance_scale,
-                               seed=[self.seed] * len(batch), steps=self.steps, target_match_labels=match,
-                               controlnet_conditioning_scale=self.controlnet_scale)
-        return to_uint8(images)
-
     def finish(self) -> GenerationReport:
         report = self.report
         report.records = [self.records[job.name] for job in self.jobs if job.name in self.records]
         report.seconds = time.perf_counter() - self.start
-        report.unet_calls += getattr(self.pipe, "unet_calls", self.calls_before) - self.calls_before
+        report.unet_calls = (self.batches.bank_unet_calls
+                             + getattr(self.pipe, "unet_calls", self.calls_before) - self.calls_before)
         return report
 
 

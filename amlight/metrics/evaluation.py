@@ -4,8 +4,9 @@ For each pair of a pairs file (exemplar, target labels, ground truth) and each s
 mode (docs/method.md#ablation-modes: structure_only, augmented, hard_mask, adapter) draws the target
 from the same initial noise (``Generator().manual_seed(seed)`` per target), so the modes differ only
 in how the generation branch reads the exemplar. Pairs are processed in fixed chunks of
-``batch_size`` (pair ``i`` is always in chunk ``i // batch_size``); each chunk's exemplars are
-DDIM-inverted and their banks built once, and the three bank-reading modes reuse them.
+``batch_size`` (pair ``i`` is always in chunk ``i // batch_size``); each chunk's distinct exemplars
+are DDIM-inverted and their banks built once, in one call
+(:func:`amlight.pipeline.pair_batches.group_banks`), and the three bank-reading modes reuse them.
 
 **Cache.** Generated images are PNGs at ``CACHE/<config_key>/<mode>/<pair_key>_s<seed>.png``. The
 config key hashes what changes that mode's images and nothing else (:func:`cache_config`): the
@@ -52,6 +53,7 @@ from amlight.metrics import (
 from amlight.metrics.images import images_from_uint8, images_to_uint8
 from amlight.metrics.report import json_number, summarize
 from amlight.modules.attention_modes import ATTENTION_MODES, BLOCK_GROUPS, AttentionSettings
+from amlight.pipeline.pair_batches import fixed_batches, group_banks
 from amlight.pipeline.schedulers import SCHEDULERS, scheduler_by_name
 from amlight.pipeline.synthesis import UncoveredClassWarning
 
@@ -429,13 +431,13 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
             atomic_write(record, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     report = GenerationReport()
     start = time.perf_counter()
-    n, size = len(pairs), settings.batch_size
-    chunks = (n + size - 1) // size
+    chunked = fixed_batches(range(len(pairs)), settings.batch_size)
+    chunks = len(chunked)
     # The adapter's pooling size travels in each mode's AttentionSettings (the pipeline sets it per call).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UncoveredClassWarning)
-        for c, begin in enumerate(range(0, n, size)):
-            rows = list(range(begin, min(begin + size, n)))
+        for c, rows in enumerate(chunked):
+            begin = rows[0]
             todo = {(mode, seed): [i for i in rows
                                    if not image_path(cache, keys[mode], mode, pairs.keys[i], seed).is_file()]
                     for mode in settings.modes for seed in settings.seeds}
@@ -452,7 +454,12 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
                     if attention.reads_exemplar and banks is None:
                         if progress is not None:
                             progress.set_postfix_str(f"chunk {c + 1}/{chunks}: inverting exemplars")
-                        banks, index = _chunk_banks(pipe, pairs, rows, settings.steps, scale)
+                        # Every exemplar of the chunk, cached images or not: a bank never depends on
+                        # which images happened to be cached.
+                        picked = torch.as_tensor(rows)
+                        banks, index = group_banks(pipe, pairs.exemplar_images[picked], pairs.exemplar_labels[picked],
+                                                   [pairs.exemplar_ids[i] for i in rows], settings.steps, seed=0,
+                                                   controlnet_scale=scale)
                         report.banks_built += banks.batch
                     if progress is not None:
                         progress.set_postfix_str(f"chunk {c + 1}/{chunks}: {mode} seed {seed}")
@@ -476,24 +483,6 @@ def generate(model: Model, pairs: PairSet, settings: Settings, cache: Path, prog
         report.uncovered_warnings = sum(1 for w in caught if issubclass(w.category, UncoveredClassWarning))
     report.seconds = time.perf_counter() - start
     return keys, report
-
-
-def _chunk_banks(pipe, pairs: PairSet, rows: list[int], steps: int, controlnet_scale: float | None = None):
-    """Banks of the chunk's distinct exemplars (all of them, cached or not, so an exemplar's bank never
-    depends on which images happened to be cached) and each row's index into them."""
-    distinct: dict[str, int] = {}
-    first: list[int] = []
-    index = []
-    for i in rows:
-        ident = pairs.exemplar_ids[i]
-        if ident not in distinct:
-            distinct[ident] = len(first)
-            first.append(i)
-        index.append(distinct[ident])
-    picked = torch.as_tensor(first)
-    banks = pipe.build_banks(pairs.exemplar_images[picked], pairs.exemplar_labels[picked], steps, seed=0,
-                             controlnet_conditioning_scale=controlnet_scale)
-    return banks, torch.as_tensor(index)
 
 
 # --- scoring -------------------------------------------------------------------------------------

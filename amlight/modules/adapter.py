@@ -1,7 +1,9 @@
 """The AM-Adapter: refines the cross-image attention logits with a 4D conv over [A ; C] (docs/method.md#part-5-the-am-adapter).
 
-The generation branch's attention processor calls ``adapter(group, logits_cross, cost, size)`` and
-adds the returned refinement to the exemplar part of its logits; the target-self part is untouched.
+:meth:`AMAdapter.forward` is the method as the paper states it: pool A (detached) and C to the pooling
+size, standardise A per sample and head, stack [A ; C], phi, unpool. The generation branch's attention
+processor calls :meth:`AMAdapter.refine`, the refined exemplar logits ``logits + forward(...)``; the
+target-self part of its logits is untouched.
 """
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 
 from amlight.modules.attention_modes import BLOCK_GROUPS
-from amlight.modules.conv4d import CenterPivotConv4d, pool4d, unpool4d
-from amlight.modules.conv4d_cpu import group_norm_channels_last, use_fast_path
+from amlight.modules.conv4d import CenterPivotConv4d, add_unpool4d, pool4d, unpool4d
+from amlight.modules.conv4d_cpu import phi_channels_last, use_fast_path
+
+# Added to A's standard deviation: logits that are all equal (std 0) standardise to 0, not NaN.
+_EPS = 1e-5
 
 
 def _norm_groups(channels: int) -> int:
@@ -83,63 +88,83 @@ class AMAdapter(ModelMixin, ConfigMixin):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def pool_factor(self, size: tuple[int, int]) -> int:
-        """Smallest power of two that brings max(h, w) to <= max_resolution."""
+    def pool_factor(self, size: tuple[int, int], max_resolution: int | None = None) -> int:
+        """Smallest power of two that brings max(h, w) to <= ``max_resolution`` (None: the trained value)."""
+        limit = self.max_resolution if max_resolution is None else int(max_resolution)
+        if limit < 1:
+            raise ValueError(f"max_resolution must be >= 1, got {max_resolution}")
         factor = 1
-        while max(size) > self.max_resolution * factor:
+        while max(size) > limit * factor:
             factor *= 2
         return factor
 
     def forward(
-        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int]
+        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int],
+        max_resolution: int | None = None,
     ) -> torch.Tensor:
-        """logits (B, heads, N, N), cost (B, N, N), size (h, w) with N = h*w -> refinement like logits."""
-        delta, _ = self._pooled_refinement(group, logits, cost, size)
-        factor = self.pool_factor(size)
-        b, heads, n, nx = logits.shape
-        return unpool4d(delta, factor).reshape(b, heads, n, nx)
+        """The refinement phi([A ; C]) at the logits' size: the refined logits are ``logits + forward(...)``.
+
+        ``logits`` A (B, heads, N, N) and ``cost`` C (B, N, N), rows target and columns exemplar
+        positions, N = h*w for ``size`` (h, w). ``max_resolution``: the side the volume is pooled to
+        for this call (None: the adapter's trained value, ``self.max_resolution``).
+        """
+        delta, factor = self.pooled_refinement(group, logits, cost, size, max_resolution)
+        # Unpool in 4D: each pooled entry fills its f x f target and f x f exemplar neighbourhood.
+        return unpool4d(delta, factor).reshape(logits.shape)
+
+    def pooled_refinement(
+        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int],
+        max_resolution: int | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """phi([A ; C]) on the 4D-pooled volume, (B, heads, h/f, w/f, h/f, w/f) in the logits' dtype, and f."""
+        factor = self._check(group, logits, cost, size, max_resolution)
+        b, heads, (h, w) = logits.shape[0], self.heads, size
+        param = next(self.parameters())
+        # Pooling and standardisation run in float32 at least: in bfloat16 the sums of a pooled
+        # neighbourhood and the centred logits keep 8 bits, too few once logits sit far from zero.
+        work = torch.promote_types(param.dtype, torch.float32)
+
+        # A detached: gradients from the adapter's loss must train phi only, never the attention that
+        # produced A. Pooled before anything else copies the full-size volume: at 64x64 one
+        # (heads, N, N) copy is hundreds of MB, its 4D-pooled version 16x less.
+        a = pool4d(logits.detach().reshape(b, heads, h, w, h, w), factor, dtype=work)
+        c = self._pooled_cost(cost, factor, work, (b, h, w))
+
+        # Logit scale varies a lot across layers and timesteps while C lies in [0, 1]; standardising A
+        # per sample and head puts both inputs on one scale. The statistics are per sample: taking
+        # them over the batch would let one sample change another's output (a reference-code trap).
+        mean = a.mean(dim=(2, 3, 4, 5), keepdim=True)
+        std = a.std(dim=(2, 3, 4, 5), keepdim=True) if a[0, 0].numel() > 1 else torch.ones_like(mean)
+
+        # Stack [A ; C] over channels and apply phi. On the CPU, the same function in channels-last
+        # volumes (tests/modules/test_adapter_fast_path.py checks that it equals this readable path).
+        phi = self.phi[group]
+        if use_fast_path(a, param):
+            delta = phi_channels_last(phi, a, mean, std, c, eps=_EPS)
+        else:
+            delta = phi(torch.cat([(a - mean) / (std + _EPS), c], dim=1).to(param.dtype))
+        return delta.to(logits.dtype), factor
 
     def refine(
-        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int], inplace: bool = False
+        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int], *,
+        max_resolution: int | None = None, inplace: bool = False,
     ) -> torch.Tensor:
-        """``logits + forward(group, logits, cost, size)``, without materialising the unpooled refinement.
+        """The refined logits ``logits + forward(group, logits, cost, size, max_resolution)``: what the
+        attention processor calls (:class:`~amlight.modules.exemplar_context.LogitRefiner`).
 
-        At a 64x64 layer the unpooled refinement is a (heads, 4096, 4096) copy (512 MB in float32)
-        that is only ever added to the logits: here the pooled refinement is broadcast over each 4D
-        neighbourhood in the addition itself. Gradients reach ``logits`` unchanged (identity), as
-        with the explicit sum; the adapter's own input is detached either way. ``inplace`` adds
-        into ``logits`` itself when no graph is being recorded for it (inference: no second
-        logits-sized tensor to allocate and first-touch, 512 MB at 64x64).
+        The pooled refinement is broadcast over each 4D neighbourhood in the addition itself
+        (:func:`~amlight.modules.conv4d.add_unpool4d`) instead of being unpooled into a logits-sized
+        copy. Gradients reach ``logits`` unchanged (identity), as with the explicit sum; the adapter's
+        own input is detached either way. ``inplace`` adds into ``logits`` itself when no graph is
+        being recorded for it (inference: no second logits-sized tensor to allocate and first-touch).
         """
-        delta, f = self._pooled_refinement(group, logits, cost, size)
-        b, heads, n, nx = logits.shape
-        hp, wp = delta.shape[2], delta.shape[3]
-        delta = delta.contiguous()
-        # Any strided logits will do (e.g. the exemplar half of a [self ; exemplar] buffer): the views
-        # below only split dims, which never copies.
+        delta, factor = self.pooled_refinement(group, logits, cost, size, max_resolution)
         inplace = inplace and not (torch.is_grad_enabled() and (logits.requires_grad or delta.requires_grad))
-        if f == 1:
-            grown = delta.view(b, heads, n, nx)
-            return logits.add_(grown) if inplace else logits + grown
-        # Each pooled entry covers an f x f x f x f neighbourhood. Grown (copied) along the exemplar
-        # width only, the sum broadcasts contiguous rows of w entries over the rest; a broadcast over
-        # all four dims has an innermost run of f entries (64x64, one core: 0.36 s against 0.19 s).
-        target = logits.view(b, heads, hp, f, wp, f, hp, f, nx // hp // f)
-        if inplace:
-            # A few pooled target rows at a time: the grown refinement stays a few MB.
-            rows = max(1, (4 << 20) // max(1, delta[:, :, :1].numel() * f * delta.element_size()))
-            for i in range(0, hp, rows):
-                d = delta[:, :, i:i + rows]
-                grown = d.unsqueeze(-1).expand(*d.shape, f).reshape(*d.shape[:5], -1)
-                target[:, :, i:i + rows].add_(grown.view(b, heads, grown.shape[2], 1, wp, 1, hp, 1, -1))
-            return logits
-        grown = delta.unsqueeze(-1).expand(*delta.shape, f).reshape(b, heads, hp, 1, wp, 1, hp, 1, -1)
-        return (target + grown).reshape(b, heads, n, nx)
+        return add_unpool4d(logits, delta, factor, inplace=inplace)
 
-    def _pooled_refinement(
-        self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int]
-    ) -> tuple[torch.Tensor, int]:
-        """phi([A ; C]) on the 4D-pooled volume, (B, heads, h', w', h', w') in the logits' dtype."""
+    def _check(self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int],
+               max_resolution: int | None) -> int:
+        """Validate one call; its 4D pooling factor."""
         if group not in self.phi:
             raise ValueError(f"unknown adapter group {group!r}; this adapter has {', '.join(self.phi.keys())}")
         if logits.ndim != 4:
@@ -154,52 +179,14 @@ class AMAdapter(ModelMixin, ConfigMixin):
             )
         if tuple(cost.shape) != (b, n, nx):
             raise ValueError(f"adapter expects cost of shape {(b, n, nx)}, got {tuple(cost.shape)}")
-        factor = self.pool_factor((h, w))
+        factor = self.pool_factor((h, w), max_resolution)
         if h % factor or w % factor:
+            limit = self.max_resolution if max_resolution is None else max_resolution
             raise ValueError(
-                f"adapter layer {h}x{w} is above max_resolution {self.max_resolution} but not divisible "
+                f"adapter layer {h}x{w} is above max_resolution {limit} but not divisible "
                 f"by its 4D pooling factor {factor}"
             )
-
-        param = next(self.parameters())
-        # Pooling and standardisation run in float32 at least: in bfloat16 the sums of a pooled
-        # neighbourhood and the centred logits keep 8 bits, too few once logits sit far from zero.
-        work = torch.promote_types(param.dtype, torch.float32)
-        # Gradients from the adapter's loss must train phi only, never the attention that produced A.
-        a = logits.detach().reshape(b, heads, h, w, h, w)
-        # Pool before anything else copies the full-size volume: at 64x64 one (heads, N, N) copy is
-        # hundreds of MB, its 4D-pooled version 16x less.
-        a = pool4d(a, factor, dtype=work)
-        c = self._pooled_cost(cost, factor, work, (b, h, w))
-        # Logit scale varies a lot across layers and timesteps while C lies in [0, 1]; standardising A
-        # per sample and head puts both inputs on one scale. The statistics are per sample: taking
-        # them over the batch would let one sample change another's output (a reference-code trap).
-        mean = a.mean(dim=(2, 3, 4, 5), keepdim=True)
-        std = a.std(dim=(2, 3, 4, 5), keepdim=True) if a[0, 0].numel() > 1 else torch.ones_like(mean)
-        fast = use_fast_path(a, param)
-        if fast:
-            # Channels-last from the start (conv4d_cpu): [A ; C] is written straight into the layout
-            # the convolutions read, instead of a channels-first cat and a reorder copy of it.
-            r = a.new_empty(b, *a.shape[2:], heads + 1)
-            ra = r[..., :heads]
-            ra.copy_(a.permute(0, 2, 3, 4, 5, 1))
-            ra.sub_(mean.view(b, 1, 1, 1, 1, heads)).div_((std + 1e-5).view(b, 1, 1, 1, 1, heads))
-            r[..., heads].copy_(c[:, 0])
-            x = r.permute(0, 5, 1, 2, 3, 4)
-        else:
-            x = torch.cat([(a - mean) / (std + 1e-5), c], dim=1).to(param.dtype)
-        layers = list(self.phi[group])
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if fast and isinstance(layer, nn.GroupNorm):
-                relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-                x = group_norm_channels_last(x, layer, relu=relu)
-                i += 1 + relu
-                continue
-            x = layer(x)
-            i += 1
-        return x.to(logits.dtype), factor
+        return factor
 
     def _pooled_cost(self, cost: torch.Tensor, factor: int, dtype: torch.dtype, shape) -> torch.Tensor:
         """C pooled to the adapter's size, (B, 1, h', w', h', w'); computed once per cost tensor.

@@ -53,9 +53,10 @@ class AttentionSettings:
     ``mode``: one of :data:`ATTENTION_MODES`. ``groups``: the UNet block groups whose self-attention
     reads the exemplar. ``appearance_strength``: see
     :class:`~amlight.modules.exemplar_context.ExemplarContext` (1 is the method as trained).
-    ``max_resolution``: the adapter's 4D pooling size for this run; None keeps the adapter's trained
-    value. Which labels the categorical cost compares (one-to-one mapping) is per pair, so it travels
-    with the pair's inputs, not here.
+    ``max_resolution``: the adapter's 4D pooling size for this run, handed to every adapter call
+    (``AMAdapter.refine(..., max_resolution=...)``; the adapter itself is not changed); None keeps the
+    adapter's trained value. Which labels the categorical cost compares (one-to-one mapping) is per
+    pair, so it travels with the pair's inputs, not here.
     """
 
     mode: AttentionMode = "adapter"

@@ -65,7 +65,7 @@ def _cpu_half_result_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype the conv would give where the CPU would compute it in bf16 / fp16, else None.
 
     On the CPU, oneDNN's bf16 conv3d weight gradient is NaN or garbage for the target conv when
-    (h1, w1) is 2x2 and the batch is 2 or more (torch 2.14.1; tests/test_gpu_code_path_cpu_bf16.py),
+    (h1, w1) is 2x2 and the batch is 2 or more (torch 2.14.1; tests/modules/test_gpu_code_path_cpu_bf16.py),
     exactly SD 1.5's 2x2 layers at 64 px. CUDA (cuDNN) is right and keeps its half-precision convs.
     """
     if x.device.type != "cpu":
@@ -97,8 +97,7 @@ def _center_pivot_views(x: torch.Tensor, wt: torch.Tensor, we: torch.Tensor, bia
     # Each 2D conv is a 3D conv with a flat third kernel dim on a *view* of the volume: the target
     # conv sees (b, c, h1, w1, h2*w2) and slides over (h1, w1) only; the exemplar conv sees
     # (b, c, h1*w1, h2, w2) and slides over (h2, w2) only. No permuted copies of the volume: at
-    # SD's 32^4 those copies and the strided sum of the two results cost more than the convolutions
-    # (one adapter call, 8 rows, 2 CPU cores: 1.70 s a row with permutes, 0.63 s like this).
+    # SD's 32^4 those copies and the strided sum of the two results cost more than the convolutions.
     yt = F.conv3d(x.reshape(b, c, h1, w1, h2 * w2), wt.unsqueeze(-1), padding=(pad, pad, 0))
     ye = F.conv3d(x.reshape(b, c, h1 * w1, h2, w2), we.unsqueeze(2), padding=(0, pad, pad))
     # In place: the convolutions' backward needs their inputs and weights, not their outputs.
@@ -129,7 +128,7 @@ def pool4d(x: torch.Tensor, factor: int, dtype: torch.dtype | None = None) -> to
     # A few pooled target rows at a time, by sums of the f slices of each dim, outermost first (each
     # sum reads whole contiguous runs). At 64x64 the volume is 512 MB: pooled whole, every pass made a
     # new volume-sized intermediate, and first-touching fresh memory (page faults) cost more than the
-    # arithmetic (1.5 s for one 64^4 x 8 pool, 2 cores). Chunks of ~8 MB reuse the same memory.
+    # arithmetic. Chunks of ~8 MB reuse the same memory.
     row_bytes = max(1, x[:, :, :f].numel() * torch.finfo(dtype).bits // 8) if dtype.is_floating_point else 1
     rows = max(1, (8 << 20) // row_bytes)
     for i in range(0, h1 // f, rows):
@@ -158,3 +157,40 @@ def unpool4d(x: torch.Tensor, factor: int) -> torch.Tensor:
     f = factor
     grown = x.reshape(b, c, h1, 1, w1, 1, h2, 1, w2, 1).expand(b, c, h1, f, w1, f, h2, f, w2, f)
     return grown.reshape(b, c, h1 * f, w1 * f, h2 * f, w2 * f)
+
+
+def add_unpool4d(logits: torch.Tensor, x: torch.Tensor, factor: int, inplace: bool = False) -> torch.Tensor:
+    """``logits + unpool4d(x, factor)`` on flattened logits, without materialising the unpooled volume.
+
+    ``logits`` (B, C, h1*w1, h2*w2), any strides that split into those dims without a copy (e.g. the
+    exemplar half of a [self ; exemplar] buffer); ``x`` the pooled volume (B, C, h1/f, w1/f, h2/f,
+    w2/f). At a 64x64 layer the unpooled copy would be as large as the logits (512 MB for 8 heads in
+    float32) only to be added: here each pooled entry is broadcast over its neighbourhood in the
+    addition itself. ``inplace``: add into ``logits`` and return it (the caller makes sure no graph
+    needs the old values).
+    """
+    _check_volume(x, "add_unpool4d")
+    b, c, hp, wp, hp2, wp2 = x.shape
+    f = factor
+    if factor < 1 or tuple(logits.shape) != (b, c, hp * f * wp * f, hp2 * f * wp2 * f):
+        raise ValueError(f"add_unpool4d: a volume {tuple(x.shape)} unpooled by {factor} does not match logits "
+                         f"of shape {tuple(logits.shape)}")
+    n, nx = logits.shape[2], logits.shape[3]
+    x = x.contiguous()
+    if f == 1:
+        grown = x.view(b, c, n, nx)
+        return logits.add_(grown) if inplace else logits + grown
+    # Grown (copied) along the exemplar width only, the sum broadcasts contiguous rows of w2 entries
+    # over the other three dims; a broadcast over all four dims has an innermost run of f entries,
+    # which is slower.
+    target = logits.view(b, c, hp, f, wp, f, hp2, f, wp2 * f)
+    if inplace:
+        # A few pooled target rows at a time: the grown refinement stays a few MB.
+        rows = max(1, (4 << 20) // max(1, x[:, :, :1].numel() * f * x.element_size()))
+        for i in range(0, hp, rows):
+            d = x[:, :, i:i + rows]
+            grown = d.unsqueeze(-1).expand(*d.shape, f).reshape(*d.shape[:5], -1)
+            target[:, :, i:i + rows].add_(grown.view(b, c, grown.shape[2], 1, wp, 1, hp2, 1, -1))
+        return logits
+    grown = x.unsqueeze(-1).expand(*x.shape, f).reshape(b, c, hp, 1, wp, 1, hp2, 1, -1)
+    return (target + grown).reshape(b, c, n, nx)

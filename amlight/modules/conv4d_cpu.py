@@ -1,17 +1,18 @@
 """The CPU fast path of the center-pivot 4D conv: channels-last volumes and oneDNN convolutions.
 
 Same numbers as :func:`amlight.modules.conv4d.center_pivot_views` (to float rounding), much less time
-at SD size, for three reasons measured with torch.profiler on one 32^4 volume, 2 CPU cores:
+at SD size, for three reasons found with torch.profiler on one 32^4 volume (the timings are in
+docs/benchmarks.md#the-adapters-cost-one-adapter-call-against-one-unet-row):
 
 - PyTorch's convolution picks its CPU backend by a heuristic that sends the target conv, seen as
   conv3d on (b, c, h1, w1, h2*w2) with a (3, 3, 1) kernel, to the unvectorised ``slow_conv3d``
-  whenever b * c * h1 * w1 <= 20480, i.e. every batch-1 call at 32x32 (one 16->16 call: 1.9 s
-  forward and 2.2 s backward, against 0.1 s through oneDNN). Here the oneDNN convolution is called
-  directly, and its backward is written out below so that autograd cannot fall back either.
+  whenever b * c * h1 * w1 <= 20480, i.e. every batch-1 call at 32x32. Here the oneDNN convolution
+  is called directly, and its backward is written out below so that autograd cannot fall back either.
 - In a channels-last volume (memory order b, h1, w1, h2, w2, c) both 2D convolutions are views of
   the same memory in oneDNN's preferred layout (NDHWC), and the two outputs come out in that layout
-  too, so no conv ever reorders its input or output (3-5x faster than NCDHW for 9-16 channels).
-- GroupNorm has a channels-last kernel; the volume never goes back to channels-first inside phi.
+  too, so no conv ever reorders its input or output.
+- GroupNorm has a channels-last kernel; the volume never goes back to channels-first inside phi
+  (:func:`phi_channels_last`, the adapter's one call into this module).
 
 The weights are the Conv2d modules' own, so checkpoints are unchanged; only the memory layout of the
 activations differs. Used for float32 on CPU when oneDNN is available; everything else (CUDA, bf16 on
@@ -19,7 +20,7 @@ CPUs without bf16 units) keeps the view-based path.
 
 ``AMLIGHT_CONV4D_FAST=0`` in the environment (or :func:`fast_path_enabled` ``(False)`` around a block)
 forces the view-based path on the CPU too: CUDA always runs that path, so this is how a CPU rehearses
-the GPU's code (tests/test_gpu_code_path.py) and how benchmarks time the path before this one.
+the GPU's code (tests/e2e/test_gpu_code_path.py) and how benchmarks time the path before this one.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Iterator
 import os
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 ENV_SWITCH = "AMLIGHT_CONV4D_FAST"
@@ -105,7 +107,7 @@ def _pivot(m: torch.Tensor, wt: torch.Tensor, we: torch.Tensor, bias: torch.Tens
     """Both 2D convs of a memory-order volume m, summed: a channels-last volume.
 
     The exemplar conv accumulates into the target conv's output (oneDNN's fused "add" post-op, the
-    one Inductor uses): no second output volume to allocate, fill and add (15 % of a 16->16 layer).
+    one Inductor uses): no second output volume to allocate, fill and add.
     """
     p = wt.shape[-1] // 2
     shape = tuple(m.shape[:5])
@@ -125,8 +127,8 @@ def _target_weight_grad(xm: torch.Tensor, gm: torch.Tensor, k: int) -> torch.Ten
     for each kernel offset, the valid (i, j) window of g and its shifted window of x are both
     (rows, cols * h2*w2, channels) views with a contiguous inner matrix, so each offset is one batched
     matmul over rows with no copy. convolution_backward would pick slow_conv3d here (module doc);
-    through oneDNN on a zero-padded batch of 2 it is 5x slower than this, and through a transposed
-    copy of x and g (the exemplar conv's layout) no faster (32^4, 16 channels, 2 cores: 0.34 s).
+    through oneDNN on a zero-padded batch of 2 it is slower than this, and through a transposed copy
+    of x and g (the exemplar conv's layout) no faster.
     """
     b, h1, w1 = xm.shape[:3]
     ci, co, p = xm.shape[-1], gm.shape[-1], k // 2
@@ -167,7 +169,7 @@ class _CenterPivotChannelsLast(torch.autograd.Function):
             b, h1, w1, h2, w2 = xm.shape[:5]
             if b > 1 and h1 * w1 * h2 * w2 <= 16 ** 4:
                 # With b > 1 PyTorch keeps this on oneDNN, which beats the matmul loop on small volumes
-                # (quickstart: 8 rows of 8^4, 5 -> 8 channels: 1.4 ms against 25 ms); not on 32^4.
+                # (the quickstart's 8^4), not on 32^4.
                 gwt = torch.ops.aten.convolution_backward(
                     _target_view(gm), _target_view(xm), wt.unsqueeze(-1), None, [1, 1, 1], [p, p, 0], [1, 1, 1],
                     False, [0, 0, 0], 1, [False, True, False])[1].squeeze(-1)
@@ -201,3 +203,34 @@ def group_norm_channels_last(x: torch.Tensor, norm: torch.nn.GroupNorm, relu: bo
     if relu:
         y = y.relu_()
     return _volume(y, (b, h1, w1, h2, w2))
+
+
+def phi_channels_last(phi: nn.Sequential, a: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, c: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """``phi(cat([(a - mean) / (std + eps), c], dim=1))`` in channels-last volumes: the adapter's CPU path.
+
+    ``a`` (B, heads, h1, w1, h2, w2) float32, ``mean`` and ``std`` (B, heads, 1, 1, 1, 1), ``c`` (B, 1, ...).
+    [A ; C] is written straight into the layout the convolutions read, instead of a channels-first cat
+    and a reorder copy of it; each GroupNorm (and the ReLU after it) runs through the channels-last
+    kernel. Returns a channels-last volume (B, heads, h1, w1, h2, w2); tests/modules/test_adapter_fast_path.py
+    checks it against the readable path of ``AMAdapter.pooled_refinement``, outputs and gradients.
+    """
+    b, heads = a.shape[:2]
+    r = a.new_empty(b, *a.shape[2:], heads + 1)
+    ra = r[..., :heads]
+    ra.copy_(a.permute(0, 2, 3, 4, 5, 1))
+    ra.sub_(mean.view(b, 1, 1, 1, 1, heads)).div_((std + eps).view(b, 1, 1, 1, 1, heads))
+    r[..., heads].copy_(c[:, 0])
+    x = r.permute(0, 5, 1, 2, 3, 4)
+    layers = list(phi)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, nn.GroupNorm):
+            relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+            x = group_norm_channels_last(x, layer, relu=relu)
+            i += 1 + relu
+        else:  # CenterPivotConv4d takes its own fast path on this float32 CPU volume
+            x = layer(x)
+            i += 1
+    return x

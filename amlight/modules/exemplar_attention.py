@@ -5,7 +5,8 @@ an exemplar context behave exactly like diffusers' ``AttnProcessor2_0``. Self-at
 - ``write`` context: store the layer's normalised input tokens in the bank, then attend as usual;
 - ``read`` context: queries from the target tokens, keys and values from [target ; exemplar]
   tokens, all projected with the layer's own weights, one softmax over both parts. ``hard_mask``
-  masks cross-class exemplar logits; ``adapter`` adds the adapter's refinement to the exemplar logits.
+  masks cross-class exemplar logits; ``adapter`` has the adapter refine the exemplar logits (its
+  ``refine``, the :class:`~amlight.modules.exemplar_context.LogitRefiner` protocol).
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ class ExemplarAttnProcessor:
         torch.bmm(q3, kx.reshape(b * heads, nx, d).transpose(1, 2), out=flat[..., n:])
         cross = logits[..., n:]
         refined = self._cross_logits(cross, mask, size, cost, ctx)
-        if refined is not cross:  # an adapter without an in-place ``refine``
+        if refined is not cross:  # a refiner that returned a new tensor instead of adding in place
             cross.copy_(refined)
         del refined
         # Softmax in float32 (from half precision too), an eighth of the rows at a time: the float32
@@ -181,22 +182,15 @@ class ExemplarAttnProcessor:
         when no graph is recorded."""
         inplace = not torch.is_grad_enabled()
         if ctx.read.explicit_adapter:
-            logits = _refined(ctx.read.adapter, self.group, logits, cost(), size)
+            # The pooling size travels with the call's settings (None: the adapter's trained value).
+            logits = ctx.read.adapter.refine(self.group, logits, cost(), size,
+                                             max_resolution=ctx.settings.max_resolution, inplace=inplace)
         if ctx.strength_bias != 0.0:
             logits = logits.add_(ctx.strength_bias) if inplace else logits + ctx.strength_bias
         if mask is not None:
             fill = (logits.masked_fill_ if inplace else logits.masked_fill)
             logits = fill(~mask[:, None], float("-inf"))
         return logits
-
-
-def _refined(adapter, group: str, logits: torch.Tensor, cost: torch.Tensor, size) -> torch.Tensor:
-    """logits + the adapter's refinement; through ``AMAdapter.refine`` (no unpooled copy, and in place
-    when no graph is recorded) where the adapter has it, else any ``adapter(group, logits, cost, size)``."""
-    refine = getattr(adapter, "refine", None)
-    if refine is None:
-        return logits + adapter(group, logits.detach(), cost, size)
-    return refine(group, logits, cost, size, inplace=not torch.is_grad_enabled())
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:

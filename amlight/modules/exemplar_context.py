@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -22,6 +22,22 @@ from amlight.modules.attention_modes import AttentionSettings
 from amlight.modules.categorical_cost import categorical_cost
 
 CONTEXT_KWARG = "exemplar_ctx"
+
+
+@runtime_checkable
+class LogitRefiner(Protocol):
+    """What the attention processor calls in ``adapter`` mode: :class:`~amlight.modules.adapter.AMAdapter`,
+    or any object with this one method (a test's spy, an experiment).
+
+    ``refine`` returns the refined exemplar logits (logits + refinement), (B, heads, N, N) like
+    ``logits``, for the layer of block ``group`` with categorical ``cost`` (B, N, N) at ``size`` (h, w).
+    ``max_resolution``: the 4D pooling size of this call (AttentionSettings.max_resolution; None: the
+    refiner's own). ``inplace``: the caller allows adding into ``logits`` (no graph is recorded); the
+    refiner may do so and return ``logits``, or return a new tensor.
+    """
+
+    def refine(self, group: str, logits: torch.Tensor, cost: torch.Tensor, size: tuple[int, int], *,
+               max_resolution: int | None = None, inplace: bool = False) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +73,7 @@ class ExemplarRead:
     # What the categorical cost compares with ``exemplar_labels`` when it differs from the structure
     # labels (a one-to-one mapping gives linked regions a label of their own); None: the structure labels.
     match_labels: torch.Tensor | None = None
-    adapter: Callable | None = None  # adapter(group, logits, cost, size) -> logit refinement; adapter mode only
+    adapter: LogitRefiner | None = None  # refines the exemplar logits; adapter mode only
     recorder: Callable | None = None  # recorder(layer, probs_cross, size, ctx) for attention maps
     # Recompute the explicit (adapter) attention in backward instead of keeping each layer's
     # (B, heads, N, 2N) probabilities for it: training then holds one layer's logits at a time.
@@ -69,6 +85,9 @@ class ExemplarRead:
 
     def __post_init__(self):
         object.__setattr__(self, "settings", AttentionSettings.of(self.settings))
+        if self.adapter is not None and not isinstance(self.adapter, LogitRefiner):
+            raise TypeError(f"adapter must be an AMAdapter or have its refine(group, logits, cost, size, *, "
+                            f"max_resolution, inplace) method (LogitRefiner); got {type(self.adapter).__name__}")
         if self.query_chunk is not None and self.query_chunk < 1:
             raise ValueError(f"query_chunk must be a positive number of tokens, got {self.query_chunk}")
 

@@ -10,7 +10,6 @@ ControlNeXt-style :class:`StructureGuidance`) or ControlNet residuals (:class:`C
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -113,23 +112,7 @@ class ExemplarUNet(nn.Module):
             mode="read", latent_size=tuple(latents.shape[-2:]), read=read,
             target_labels=labels if read.match_labels is None else read.match_labels, ignore_index=self.ignore_index,
         )
-        with adapter_max_resolution(read.adapter if read.settings.uses_adapter else None, read.settings.max_resolution):
-            return self._run(latents, timesteps, labels, prompt_embeds, ctx, conditioning_scale)
-
-
-@contextmanager
-def adapter_max_resolution(adapter, value: int | None):
-    """The adapter's 4D pooling size set to ``value`` for the duration, its own value restored after
-    (the adapter reads it at each forward; nothing caches it). None or no adapter: nothing changes."""
-    if adapter is None or value is None:
-        yield
-        return
-    previous = adapter.max_resolution
-    adapter.max_resolution = int(value)
-    try:
-        yield
-    finally:
-        adapter.max_resolution = previous
+        return self._run(latents, timesteps, labels, prompt_embeds, ctx, conditioning_scale)
 
 
 def _as_batch(timesteps, latents: torch.Tensor) -> torch.Tensor:

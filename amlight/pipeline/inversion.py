@@ -11,7 +11,7 @@ timestep one below) to the level of the next sampler timestep, and the model is 
 source timestep, where ``x`` is. The clean latent sits at ``alphas_cumprod[0]`` and timestep 0
 (as ``DDIMInverseScheduler(set_alpha_to_one=False)``: with alpha = 1 the first step of a
 "sample"-predicting model would divide by sqrt(1 - alpha) = 0). For DDIM this is, byte for byte,
-``DDIMInverseScheduler.step`` along ``DDIMScheduler.timesteps`` reversed (tests/test_schedulers.py).
+``DDIMInverseScheduler.step`` along ``DDIMScheduler.timesteps`` reversed (tests/pipeline/test_schedulers.py).
 
 Noise levels: a sampler that defines ``sigmas`` (Euler, DPM-Solver, UniPC, ...) assumes
 alpha_bar = 1 / (1 + sigma^2) at its step i (its timesteps may be floats, sigmas interpolated);

@@ -4,6 +4,20 @@ Imports nothing heavy at module level, so commands can import it for ``--help``.
 from __future__ import annotations
 
 
+def model_arguments_problem(stage1: str | None, adapter: str | None, pipeline: str | None,
+                            base: str | None) -> str | None:
+    """Why these model options cannot go together (one line), or None: the rule of every inference command."""
+    if pipeline:
+        given = [flag for flag, value in (("--stage1", stage1), ("--adapter", adapter), ("--base", base)) if value]
+        if given:
+            return (f"--pipeline {pipeline} holds the whole model (stage 1, adapter, backbone): drop "
+                    f"{' and '.join(given)}")
+        return None
+    if not stage1 and not adapter:
+        return "no model: give --pipeline DIR (an exported pipeline folder) or --stage1 CKPT [--adapter FILE]"
+    return None
+
+
 def stage1_path(stage1: str | None, adapter: str | None) -> str:
     """``--stage1``, or the stage-1 checkpoint the ``--adapter`` file names (found next to it or by hash
     when its stored path is gone; see :func:`amlight.checkpoints.stage1.find_stage1_of`)."""

@@ -55,20 +55,6 @@ def non_negative_float(text: str) -> float:
 # --- the model of an inference command: --pipeline DIR, or --stage1 CKPT [--adapter FILE] [--base DIR] ---
 
 
-def model_arguments_problem(stage1: str | None, adapter: str | None, pipeline: str | None,
-                            base: str | None) -> str | None:
-    """Why these model options cannot go together (one line), or None."""
-    if pipeline:
-        given = [flag for flag, value in (("--stage1", stage1), ("--adapter", adapter), ("--base", base)) if value]
-        if given:
-            return (f"--pipeline {pipeline} holds the whole model (stage 1, adapter, backbone): drop "
-                    f"{' and '.join(given)}")
-        return None
-    if not stage1 and not adapter:
-        return "no model: give --pipeline DIR (an exported pipeline folder) or --stage1 CKPT [--adapter FILE]"
-    return None
-
-
 def stage1_path(stage1: str | None, adapter: str | None) -> str:
     """See :func:`amlight.pipeline.model_options.stage1_path` (imported on call: ``--help`` loads no torch)."""
     from amlight.pipeline.model_options import stage1_path as resolve

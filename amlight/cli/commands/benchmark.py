@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 from amlight.cli.commands import parse_or_exit_code, int_at_least
+from amlight.modules import attention_modes
 
 DEFAULT_OUT = "runs/benchmarks/train.json"
-# amlight.modules.attention_modes.BANK_MODES, alphabetical: the parser cannot import it (the package
-# loads torch; `--help` must not, tests/test_startup.py); tests/test_generate_cli.py keeps them equal.
-BANK_MODES = ("adapter", "augmented", "hard_mask")
+# The modes that read a bank, alphabetical as --help lists them.
+BANK_MODES = tuple(sorted(attention_modes.BANK_MODES))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from amlight.apps.generate_files import SCHEDULER_NAMES
 from amlight.cli.commands import parse_or_exit_code, int_at_least, auto_or_int_at_least, non_negative_float
-from amlight.cli.commands.generate import SCHEDULER_NAMES
 
 PROG = "amlight evaluate"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -200,7 +200,7 @@ def prepare(args):
     def uses_adapter(mode: str) -> bool:  # unknown names are left to Settings, which lists the modes
         return mode in ATTENTION_MODES and AttentionSettings(mode).uses_adapter
 
-    from amlight.cli.commands import model_arguments_problem
+    from amlight.pipeline.model_options import model_arguments_problem
 
     problem = model_arguments_problem(args.stage1, args.adapter, args.pipeline, args.base)
     if problem:
