@@ -166,7 +166,9 @@ class AMPipeline(DiffusionPipeline):
         if adapter_path is not None:
             adapter = load_adapter(adapter_path, stage1)
             param = next(stage1.model.parameters())
-            adapter = adapter.to(device=param.device, dtype=param.dtype)
+            # nn.Module.to, not ModelMixin.to: diffusers 0.42's warns about float32-kept modules on every
+            # dtype cast, even with none listed (the adapter keeps none), and every command printed it.
+            adapter = torch.nn.Module.to(adapter, device=param.device, dtype=param.dtype)
         return cls.from_stage1(stage1, adapter, label_space, attention_chunk=attention_chunk)
 
     @classmethod

@@ -190,6 +190,31 @@ def test_from_checkpoints(stage1_ckpt, tmp_path):
     assert out.shape == (3, 3, 16, 16) and torch.isfinite(out).all()
 
 
+def test_loading_an_adapter_prints_no_diffusers_cast_warning(stage1_ckpt, tmp_path):
+    """diffusers' ModelMixin.to warns about float32-kept modules on any dtype cast (0.42, none listed):
+    every generate and evaluate printed it for the adapter."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "adapter.safetensors"
+    save_file({k: v.contiguous() for k, v in _adapter().state_dict().items()}, str(path), metadata={
+        "amlight_stage": "adapter", "adapter_config": json.dumps({"heads": 2, "channels": 4, "num_layers": 2}),
+        "stage1": json.dumps({}),
+    })
+    import logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addHandler(handler)
+    try:
+        pipe = AMPipeline.from_checkpoints(stage1_ckpt, path)
+    finally:
+        logger.removeHandler(handler)
+    assert next(pipe.adapter.parameters()).dtype == next(pipe.model.parameters()).dtype
+    assert not [m for m in messages if "should be kept in float32" in m], messages
+
+
 def test_attention_settings_max_resolution_lasts_one_call(tiny_model, tiny_backbone):
     from amlight.modules.attention_modes import AttentionSettings
 
