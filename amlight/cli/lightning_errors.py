@@ -13,7 +13,16 @@ import inspect
 import re
 from pathlib import Path
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+# The amlight package (this file is amlight/cli/lightning_errors.py): a ValueError raised anywhere in it
+# is about the user's input, and is shown as one line.
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+# Modules that moved when the package root was split into cli/, training/ and utils/: a saved
+# config.yaml of an older run still names the old path.
+_MOVED = {"amlight.run_logger": "amlight.training.run_logger", "amlight.run_config": "amlight.training.run_config",
+          "amlight.run_directory": "amlight.training.run_directory",
+          "amlight.checkpoint_io": "amlight.training.checkpoint_io", "amlight.lightning_cli": "amlight.cli.lightning_cli",
+          "amlight.commands": "amlight.cli.commands", "amlight.visualize": "amlight.utils.visualize",
+          "amlight.atomic_write": "amlight.utils.atomic_write", "amlight.cpu_threads": "amlight.utils.cpu_threads"}
 _WRAPPERS = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
 
 
@@ -160,4 +169,7 @@ def describe(error: BaseException, argv: list[str], accepted: list[str] = ()) ->
     specific = [one_line(e) for e in _chain(error) if not one_line(e).startswith(_WRAPPERS)
                 and not one_line(e).startswith("Parser key")]
     message = specific[-1] if specific else one_line(error)
+    moved = re.search(r"No module named '(amlight\.[\w.]+)'", message)
+    if moved and moved.group(1) in _MOVED:
+        message += f" (it moved: write {_MOVED[moved.group(1)]} in the config)"
     return f"{keys[-1]}: {message}" if keys and keys[-1] not in message else message

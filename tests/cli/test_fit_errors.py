@@ -17,7 +17,6 @@ TINY_STAGE1 = ["--model.init_args.backbone_options", "{block_out_channels: [16, 
                "--model.init_args.guidance_channels", "16"]
 
 
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit_errors")
@@ -60,12 +59,19 @@ def case_args(case: str, f: dict) -> tuple[list[str], str]:
                                  "unknown key trainer.max_stepz on the command line (--trainer.max_stepz); "
                                  "did you mean trainer.max_steps?"),
         "fewer_pairs_than_batch_size": ([*s1, "--data.init_args.batch_size", "100"], f"{f['data']}"),
+        # a plain ValueError raised by a stage (amlight/stages/), not by the command line's own package
+        "adapter_attention_in_stage1": ([*s1, "--model.init_args.attention", "adapter"],
+                                        "stage 1 trains without the adapter"),
+        "logger_of_an_older_config": ([*s1, "--trainer.logger.class_path", "amlight.run_logger.RunLogger"],
+                                      "No module named 'amlight.run_logger' (it moved: write "
+                                      "amlight.training.run_logger in the config)"),
     }[case]
 
 
 CASES = ["stage2_as_stage1_checkpoint", "text_stage1_checkpoint", "truncated_stage1_checkpoint", "unknown_dataset",
          "empty_folder_dataset", "text_ckpt_path", "missing_ckpt_path", "wrong_stage_ckpt_path", "unknown_key_flag",
-         "unknown_key_file", "unknown_trainer_flag", "fewer_pairs_than_batch_size"]
+         "unknown_key_file", "unknown_trainer_flag", "fewer_pairs_than_batch_size", "adapter_attention_in_stage1",
+         "logger_of_an_older_config"]
 
 
 def assert_one_line_error(err: str, expected: str) -> None:
