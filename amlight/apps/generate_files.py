@@ -278,12 +278,9 @@ def _set_threads(options: GenerateOptions, device: str) -> None:
         threads = ((ResultWriter(options.out).previous_summary() or {}).get("settings") or {}).get("threads")
         threads = threads if isinstance(threads, int) and threads > 0 else None
     if threads is None and device == "cpu":
-        try:
-            from amlight.utils.cpu_threads import default_threads
+        from amlight.utils.cpu_threads import default_threads
 
-            threads = default_threads()[0]
-        except ImportError:  # pragma: no cover
-            threads = None
+        threads = default_threads()[0]
     if threads:
         torch.set_num_threads(threads)
     options.threads = torch.get_num_threads()

@@ -349,3 +349,26 @@ def test_the_parsers_mode_lists_are_attention_modes():
 
     assert generate.MODES == tuple(sorted(ATTENTION_MODES))
     assert benchmark.BANK_MODES == tuple(sorted(BANK_MODES))
+
+
+def test_the_command_the_options_and_the_function_have_the_same_defaults():
+    """generate_files spells out GenerateOptions' fields as typed keyword arguments, and the command's
+    parser has its own defaults: a default changed in one place only would make the three disagree."""
+    import dataclasses
+    import inspect
+
+    from amlight.apps.generate_files import GenerateOptions, generate_files
+    from amlight.cli.commands.generate import build_parser
+
+    fields = {f.name: f for f in dataclasses.fields(GenerateOptions)}
+    parameters = {k: p for k, p in inspect.signature(generate_files).parameters.items() if k != "notify"}
+    assert list(parameters) == ["out", *[name for name in fields if name != "out"]]
+    for name, field in fields.items():
+        default = parameters[name].default
+        if field.default is dataclasses.MISSING:
+            assert default is inspect.Parameter.empty, name
+        else:
+            assert default == field.default, name
+    from_command_line = GenerateOptions(**vars(build_parser().parse_args(["--out", "runs/x"])))
+    assert from_command_line == GenerateOptions(out="runs/x")
+

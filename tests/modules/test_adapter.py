@@ -1,4 +1,4 @@
-"""AM-Adapter and its 4D ops (METHOD.md part 5): identity at init, layout-preserving 4D pooling,
+"""AM-Adapter and its 4D ops (docs/method.md#part-5-the-am-adapter): identity at init, layout-preserving 4D pooling,
 center-pivot 4D conv against a direct reference, per-sample and per-group independence."""
 import itertools
 
@@ -9,23 +9,7 @@ import torch.nn.functional as F
 from amlight.modules.adapter import AMAdapter
 from amlight.modules.conv4d import CenterPivotConv4d, pool4d, unpool4d
 
-
-def _inputs(batch, heads, h, w, seed=0, classes=3):
-    g = torch.Generator().manual_seed(seed)
-    n = h * w
-    logits = torch.randn(batch, heads, n, n, generator=g) * 4.0
-    t = torch.randint(0, classes, (batch, n), generator=g)
-    e = torch.randint(0, classes, (batch, n), generator=g)
-    cost = t[:, :, None] == e[:, None, :]
-    return logits, cost
-
-
-def _randomize(module, seed=0, scale=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
+from helpers.adapter_inputs import logits_and_cost, randomize
 
 
 # ---------------------------------------------------------------- adapter behaviour
@@ -35,7 +19,7 @@ def _randomize(module, seed=0, scale=0.3):
 def test_identity_at_init_for_every_group(size):
     adapter = AMAdapter(heads=2, channels=4, max_resolution=4)
     assert adapter.pool_factor(size) == (2 if max(size) == 8 else 1)
-    logits, cost = _inputs(2, 2, *size)
+    logits, cost = logits_and_cost(2, 2, *size)
     for group in ("down", "mid", "up"):
         delta = adapter(group, logits, cost, size)
         assert delta.shape == logits.shape and delta.dtype == logits.dtype
@@ -44,7 +28,7 @@ def test_identity_at_init_for_every_group(size):
 
 def test_output_follows_logits_dtype():
     adapter = AMAdapter(heads=2, channels=4)
-    logits, cost = _inputs(1, 2, 4, 4)
+    logits, cost = logits_and_cost(1, 2, 4, 4)
     delta = adapter("mid", logits.to(torch.bfloat16), cost, (4, 4))
     assert delta.dtype == torch.bfloat16 and delta.shape == logits.shape
 
@@ -59,7 +43,7 @@ def test_learns_and_sends_gradients_only_into_its_own_parameters():
     kx = torch.randn(1, 2, n, 4)
     logits = q @ kx.transpose(-1, -2)
     logits.retain_grad()
-    _, cost = _inputs(1, 2, *size)
+    _, cost = logits_and_cost(1, 2, *size)
     target = torch.randn(1, 2, n, n)
     opt = torch.optim.SGD(adapter.parameters(), lr=0.5)
 
@@ -81,8 +65,8 @@ def test_learns_and_sends_gradients_only_into_its_own_parameters():
 
 @pytest.mark.parametrize("size,max_res", [((4, 4), 32), ((8, 8), 4)])
 def test_no_cross_sample_leakage(size, max_res):
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=max_res), seed=1)
-    logits, cost = _inputs(2, 2, *size, seed=0)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=max_res), seed=1)
+    logits, cost = logits_and_cost(2, 2, *size, seed=0)
     out = adapter("down", logits, cost, size)
     assert out[0].abs().max() > 0
 
@@ -95,13 +79,13 @@ def test_no_cross_sample_leakage(size, max_res):
 
 
 def test_groups_have_separate_weights():
-    adapter = _randomize(AMAdapter(heads=2, channels=4), seed=2)
+    adapter = randomize(AMAdapter(heads=2, channels=4), seed=2)
     ptrs = {g: {p.data_ptr() for p in adapter.phi[g].parameters()} for g in adapter.groups}
     assert not (ptrs["down"] & ptrs["mid"]) and not (ptrs["mid"] & ptrs["up"]) and not (ptrs["down"] & ptrs["up"])
-    logits, cost = _inputs(1, 2, 4, 4)
+    logits, cost = logits_and_cost(1, 2, 4, 4)
     before = {g: adapter(g, logits, cost, (4, 4)) for g in adapter.groups}
     assert not torch.allclose(before["down"], before["mid"])
-    _randomize(adapter.phi["down"], seed=3)
+    randomize(adapter.phi["down"], seed=3)
     for g in ("mid", "up"):
         assert torch.equal(adapter(g, logits, cost, (4, 4)), before[g])
     assert not torch.allclose(adapter("down", logits, cost, (4, 4)), before["down"])
@@ -109,10 +93,10 @@ def test_groups_have_separate_weights():
 
 def test_errors():
     adapter = AMAdapter(heads=8, groups=("down", "up"))
-    logits, cost = _inputs(1, 4, 4, 4)
+    logits, cost = logits_and_cost(1, 4, 4, 4)
     with pytest.raises(ValueError, match="adapter was built for 8 heads, layer has 4"):
         adapter("down", logits, cost, (4, 4))
-    logits, cost = _inputs(1, 8, 4, 4)
+    logits, cost = logits_and_cost(1, 8, 4, 4)
     with pytest.raises(ValueError, match=r"unknown adapter group 'mid'.*down, up"):
         adapter("mid", logits, cost, (4, 4))
     with pytest.raises(ValueError, match="size 3x3 = 9"):
@@ -124,17 +108,17 @@ def test_errors():
     with pytest.raises(ValueError, match="odd"):
         CenterPivotConv4d(1, 1, kernel_size=2)
     with pytest.raises(ValueError, match="not divisible"):
-        AMAdapter(heads=1, max_resolution=4)("down", *_inputs(1, 1, 6, 5), (6, 5))
+        AMAdapter(heads=1, max_resolution=4)("down", *logits_and_cost(1, 1, 6, 5), (6, 5))
 
 
 def test_max_resolution_is_an_argument_of_the_call_and_leaves_the_adapter_unchanged():
     """A call pooled to ``max_resolution`` computes what an adapter trained with that value computes
     (same weights); None is the adapter's own value, which no call changes."""
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=8), seed=3)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=8), seed=3)
     pooled = AMAdapter(heads=2, channels=4, max_resolution=2)
     pooled.load_state_dict(adapter.state_dict())
     size = (8, 8)
-    logits, cost = _inputs(2, 2, *size, seed=4)
+    logits, cost = logits_and_cost(2, 2, *size, seed=4)
     assert adapter.pool_factor(size) == 1 and adapter.pool_factor(size, max_resolution=2) == 4
     assert adapter.pool_factor(size, 4) == pooled.pool_factor(size, 4) == 2
     per_call = adapter("up", logits, cost, size, max_resolution=2)
@@ -148,7 +132,7 @@ def test_max_resolution_is_an_argument_of_the_call_and_leaves_the_adapter_unchan
     with pytest.raises(ValueError, match="max_resolution must be >= 1"):
         adapter.pool_factor(size, max_resolution=0)
     with pytest.raises(ValueError, match="above max_resolution 3 but not divisible"):
-        adapter("down", *_inputs(1, 2, 6, 5), (6, 5), max_resolution=3)
+        adapter("down", *logits_and_cost(1, 2, 6, 5), (6, 5), max_resolution=3)
 
 
 def test_parameter_count_and_config_roundtrip():
@@ -157,8 +141,8 @@ def test_parameter_count_and_config_roundtrip():
     assert 10_000 <= n <= 100_000
     assert n == sum(p.numel() for p in adapter.parameters() if p.requires_grad)
     rebuilt = AMAdapter(**adapter.config)
-    rebuilt.load_state_dict(_randomize(adapter).state_dict())
-    logits, cost = _inputs(1, 8, 4, 4)
+    rebuilt.load_state_dict(randomize(adapter).state_dict())
+    logits, cost = logits_and_cost(1, 8, 4, 4)
     assert torch.equal(rebuilt("mid", logits, cost, (4, 4)), adapter("mid", logits, cost, (4, 4)))
 
 
@@ -255,7 +239,7 @@ def test_center_pivot_conv_matches_reference_rectangular_multichannel():
 
 
 def test_center_pivot_conv_shifts_with_its_input():
-    conv = _randomize(CenterPivotConv4d(2, 3, 3), seed=4)
+    conv = randomize(CenterPivotConv4d(2, 3, 3), seed=4)
     x = torch.randn(1, 2, 8, 8, 5, 6, generator=torch.Generator().manual_seed(2))
     y = conv(x)
     s1, s2 = 1, 2

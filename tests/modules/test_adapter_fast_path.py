@@ -18,6 +18,8 @@ from amlight.modules.conv4d_cpu import (
     to_channels_last_volume, use_fast_path,
 )
 
+from helpers.adapter_inputs import logits_and_cost, randomize
+
 
 def reference_pivot(conv: CenterPivotConv4d, x: torch.Tensor) -> torch.Tensor:
     b, c, h1, w1, h2, w2 = x.shape
@@ -42,23 +44,6 @@ def reference_adapter(adapter: AMAdapter, group, logits, cost, size):
     cache must not rely on."""
     with fast_path_enabled(False):
         return adapter(group, logits, cost.clone(), size)
-
-
-def _randomize(module, seed=0, scale=0.3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
-
-
-def _inputs(batch, heads, h, w, seed=0, classes=3):
-    g = torch.Generator().manual_seed(seed)
-    n = h * w
-    logits = torch.randn(batch, heads, n, n, generator=g) * 4.0
-    t = torch.randint(0, classes, (batch, n), generator=g)
-    e = torch.randint(0, classes, (batch, n), generator=g)
-    return logits, t[:, :, None] == e[:, None, :]
 
 
 def _grads(module):
@@ -95,7 +80,7 @@ def _switch_from_the_environment_unset(monkeypatch):
     (2, 2, 3, (17, 16, 16, 16), 3),  # above 16^4 with b > 1: the matmul loop, not convolution_backward
 ])
 def test_center_pivot_fast_path_equals_views_in_outputs_and_gradients(batch, c_in, c_out, size, k):
-    conv = _randomize(CenterPivotConv4d(c_in, c_out, k), seed=1)
+    conv = randomize(CenterPivotConv4d(c_in, c_out, k), seed=1)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, c_in, *size, generator=g)
     upstream = torch.randn(batch, c_out, *size, generator=g)
@@ -119,7 +104,7 @@ def test_center_pivot_fast_path_equals_views_in_outputs_and_gradients(batch, c_i
 
 def test_center_pivot_views_equals_the_reference_in_outputs_and_gradients():
     """The readable path's conv (what the GPU runs) against two plain F.conv3d on views."""
-    conv = _randomize(CenterPivotConv4d(3, 5), seed=24)
+    conv = randomize(CenterPivotConv4d(3, 5), seed=24)
     g = torch.Generator().manual_seed(25)
     x = torch.randn(2, 3, 5, 4, 4, 6, generator=g)
     upstream = torch.randn(2, 5, 5, 4, 4, 6, generator=g)
@@ -139,7 +124,7 @@ def test_center_pivot_views_equals_the_reference_in_outputs_and_gradients():
 @pytest.mark.parametrize("batch,heads,channels,layers", [(1, 8, 16, 3), (2, 2, 5, 3), (3, 4, 8, 2)])
 def test_phi_channels_last_equals_phi_of_the_stacked_volume(batch, heads, channels, layers):
     """The one function of the adapter's CPU path against the readable phi(cat([A_std ; C]))."""
-    adapter = _randomize(AMAdapter(heads=heads, channels=channels, num_layers=layers), seed=26)
+    adapter = randomize(AMAdapter(heads=heads, channels=channels, num_layers=layers), seed=26)
     g = torch.Generator().manual_seed(27)
     a = torch.randn(batch, heads, 4, 3, 4, 5, generator=g) * 3 + 1
     c = (torch.rand(batch, 1, 4, 3, 4, 5, generator=g) > 0.5).float()
@@ -168,13 +153,13 @@ def test_pool4d_equals_the_mean_over_one_dim_at_a_time(shape, factor):
 
 
 def test_center_pivot_accepts_channels_first_and_channels_last_input_alike():
-    conv = _randomize(CenterPivotConv4d(3, 4), seed=3)
+    conv = randomize(CenterPivotConv4d(3, 4), seed=3)
     x = torch.randn(2, 3, 4, 5, 3, 4)
     assert torch.equal(conv(x), conv(to_channels_last_volume(x)))
 
 
 def test_group_norm_channels_last_equals_group_norm():
-    norm = _randomize(nn.GroupNorm(4, 8), seed=4)
+    norm = randomize(nn.GroupNorm(4, 8), seed=4)
     x = torch.randn(2, 8, 3, 4, 5, 2)
     xr, xf = x.clone().requires_grad_(True), to_channels_last_volume(x.clone()).requires_grad_(True)
     upstream = torch.randn(x.shape)
@@ -196,8 +181,8 @@ def test_group_norm_channels_last_equals_group_norm():
     (2, 2, 5, 3, 8, (6, 5)),      # channels without a 4-group: GroupNorm(1, 5)
 ])
 def test_adapter_fast_path_equals_reference_formulation(batch, heads, channels, layers, max_res, size):
-    adapter = _randomize(AMAdapter(heads=heads, channels=channels, num_layers=layers, max_resolution=max_res), seed=5)
-    logits, cost = _inputs(batch, heads, *size, seed=6)
+    adapter = randomize(AMAdapter(heads=heads, channels=channels, num_layers=layers, max_resolution=max_res), seed=5)
+    logits, cost = logits_and_cost(batch, heads, *size, seed=6)
     upstream = torch.randn(logits.shape, generator=torch.Generator().manual_seed(7))
     for group in ("down", "up"):
         ref = reference_adapter(adapter, group, logits, cost, size)
@@ -222,9 +207,9 @@ def test_adapter_fast_path_equals_reference_formulation(batch, heads, channels, 
 
 
 def test_refine_equals_logits_plus_forward_in_value_and_gradients():
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=8)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=8)
     size = (8, 8)
-    logits, cost = _inputs(2, 2, *size, seed=9)
+    logits, cost = logits_and_cost(2, 2, *size, seed=9)
     upstream = torch.randn(logits.shape)
     la = logits.clone().requires_grad_(True)
     ref = la + adapter("mid", la, cost, size)
@@ -243,8 +228,8 @@ def test_refine_equals_logits_plus_forward_in_value_and_gradients():
 
 
 def test_switching_the_fast_path_off_gives_the_same_numbers():
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=10)
-    logits, cost = _inputs(1, 2, 8, 8, seed=11)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=10)
+    logits, cost = logits_and_cost(1, 2, 8, 8, seed=11)
     fast = adapter("up", logits, cost, (8, 8))
     with fast_path_enabled(False):
         slow = adapter("up", logits, cost, (8, 8))
@@ -253,8 +238,8 @@ def test_switching_the_fast_path_off_gives_the_same_numbers():
 
 
 def test_refine_in_place_adds_into_the_logits_and_equals_the_sum():
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=12)
-    logits, cost = _inputs(1, 2, 8, 8, seed=13)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=12)
+    logits, cost = logits_and_cost(1, 2, 8, 8, seed=13)
     expected = logits + adapter("down", logits, cost, (8, 8))
     buffer = logits.clone()
     with torch.no_grad():
@@ -264,9 +249,9 @@ def test_refine_in_place_adds_into_the_logits_and_equals_the_sum():
 
 
 def test_pooled_cost_is_reused_only_for_the_same_unmodified_cost_tensor():
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=15)
-    logits, cost = _inputs(1, 2, 8, 8, seed=16)
-    _, other = _inputs(1, 2, 8, 8, seed=17)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=15)
+    logits, cost = logits_and_cost(1, 2, 8, 8, seed=16)
+    _, other = logits_and_cost(1, 2, 8, 8, seed=17)
     first = adapter("down", logits, cost, (8, 8))
     assert torch.equal(adapter("down", logits, cost, (8, 8)), first)  # cached path, same numbers
     assert _close(adapter("down", logits, other, (8, 8)), reference_adapter(adapter, "down", logits, other, (8, 8)))
@@ -277,8 +262,8 @@ def test_pooled_cost_is_reused_only_for_the_same_unmodified_cost_tensor():
 
 
 def test_inference_mode_costs_work_and_are_not_cached():
-    adapter = _randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=18)
-    logits, cost = _inputs(1, 2, 8, 8, seed=19)
+    adapter = randomize(AMAdapter(heads=2, channels=4, max_resolution=4), seed=18)
+    logits, cost = logits_and_cost(1, 2, 8, 8, seed=19)
     expected = reference_adapter(adapter, "up", logits, cost, (8, 8))
     with torch.inference_mode():
         c, lg = cost.clone(), logits.clone()
@@ -297,7 +282,7 @@ def test_environment_switch_decides_the_path_and_the_context_manager_overrides_i
     real = conv4d.center_pivot_channels_last
     monkeypatch.setattr(conv4d, "center_pivot_channels_last", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setenv(ENV_SWITCH, value)
-    conv = _randomize(CenterPivotConv4d(3, 4), seed=20)
+    conv = randomize(CenterPivotConv4d(3, 4), seed=20)
     x = torch.randn(1, 3, 4, 4, 4, 4)
     assert use_fast_path(x, x) is fast
     out = conv(x)
@@ -310,8 +295,8 @@ def test_environment_switch_decides_the_path_and_the_context_manager_overrides_i
 def test_fast_and_generic_paths_agree_in_outputs_and_gradients_through_the_switch(monkeypatch):
     """The GPU runs the generic path (tests/e2e/test_gpu_code_path.py rehearses it with this switch):
     the adapter must compute the same numbers and gradients on both sides of it."""
-    adapter = _randomize(AMAdapter(heads=4, channels=8, num_layers=3, max_resolution=4), seed=21)
-    logits, cost = _inputs(2, 4, 8, 8, seed=22)
+    adapter = randomize(AMAdapter(heads=4, channels=8, num_layers=3, max_resolution=4), seed=21)
+    logits, cost = logits_and_cost(2, 4, 8, 8, seed=22)
     upstream = torch.randn(logits.shape, generator=torch.Generator().manual_seed(23))
     results = {}
     for value in ("1", "0"):

@@ -1,4 +1,4 @@
-"""Inference pipeline: DDIM inversion, per-step exemplar banks, batched CFG (METHOD.md part 7)."""
+"""Inference pipeline: DDIM inversion, per-step exemplar banks, batched CFG (docs/method.md#part-7-inference)."""
 import dataclasses
 import json
 
